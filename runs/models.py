@@ -1,0 +1,230 @@
+from __future__ import annotations
+
+from datetime import datetime
+
+from django.conf import settings
+from django.db import models
+from django.utils import timezone
+
+from agents.models import Agent, BaseModel, Dataset, Organization, Tool
+from agents.models.base import choices_check
+from runs.choices import (
+    RUN_TRANSITIONS,
+    TERMINAL_RUN_STATES,
+    RunStatus,
+    StepStatus,
+    ToolExecutionStatus,
+)
+
+
+class InvalidRunTransition(Exception):
+    """Raised when a run is asked to move to a status its current one cannot reach."""
+
+    def __init__(self, run_id, current: str, target: str) -> None:
+        super().__init__(f"run {run_id}: {current} -> {target} is not a legal transition")
+        self.current = current
+        self.target = target
+
+
+class AgentRun(BaseModel):
+    """One orchestrated request and everything known about its outcome."""
+
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="runs")
+    # PROTECT: deleting a definition must not erase the record of what it did.
+    agent = models.ForeignKey(Agent, on_delete=models.PROTECT, related_name="runs")
+    dataset = models.ForeignKey(
+        Dataset, on_delete=models.SET_NULL, null=True, blank=True, related_name="runs"
+    )
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="agent_runs",
+    )
+    retry_of = models.ForeignKey(
+        "self", on_delete=models.SET_NULL, null=True, blank=True, related_name="retries"
+    )
+    status = models.CharField(max_length=16, choices=RunStatus.choices, default=RunStatus.PENDING)
+    intent = models.CharField(max_length=120)
+    objective = models.TextField(blank=True, default="")
+    input = models.JSONField(default=dict, blank=True)
+    output = models.JSONField(null=True, blank=True)
+    metrics = models.JSONField(default=dict, blank=True)
+    meta = models.JSONField(default=dict, blank=True)
+    input_hash = models.CharField(max_length=64, blank=True, default="")
+    error_code = models.CharField(max_length=64, blank=True, default="")
+    error_message = models.TextField(blank=True, default="")
+    idempotency_key = models.CharField(max_length=255, null=True, blank=True)
+    # Which orchestrator node holds (or last held) the run; a node id, not a foreign key,
+    # because nodes come and go while the record of the run stays.
+    node_id = models.CharField(max_length=255, blank=True, default="")
+    attempt = models.PositiveIntegerField(default=0)
+    queued_at = models.DateTimeField(null=True, blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    completed_at = models.DateTimeField(null=True, blank=True)
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
+    cancel_requested_at = models.DateTimeField(null=True, blank=True)
+    duration_ms = models.PositiveIntegerField(null=True, blank=True)
+
+    class Meta:
+        db_table = "agent_runs"
+        ordering = ["-created_at"]
+        constraints = [
+            choices_check("status", RunStatus, "run_status_valid"),
+            models.UniqueConstraint(
+                fields=["organization", "idempotency_key"],
+                condition=models.Q(idempotency_key__isnull=False),
+                name="run_idempotency_key_unique_per_org",
+            ),
+        ]
+        indexes = [
+            # An agent's run history and its per-agent latency figures.
+            models.Index(fields=["agent", "started_at"], name="run_agent_started_idx"),
+            # Status-filtered run lists and dashboards of one organization.
+            models.Index(
+                fields=["organization", "status", "started_at"], name="run_org_status_started_idx"
+            ),
+            # GET /api/runs/: one organization's runs, newest first (cursor pagination).
+            models.Index(fields=["organization", "-created_at"], name="run_org_created_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.intent} {self.id} ({self.status})"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status in TERMINAL_RUN_STATES
+
+    def can_transition_to(self, target: str) -> bool:
+        return target in RUN_TRANSITIONS[self.status]
+
+    def _transition(self, target: str, **fields) -> list[str]:
+        if not self.can_transition_to(target):
+            raise InvalidRunTransition(self.pk, self.status, target)
+        self.status = target
+        for name, value in fields.items():
+            setattr(self, name, value)
+        return ["status", "updated_at", *fields]
+
+    def _finish_fields(self, now: datetime) -> dict:
+        duration = None
+        if self.started_at is not None:
+            duration = max(0, int((now - self.started_at).total_seconds() * 1000))
+        return {"completed_at": now, "duration_ms": duration, "lease_expires_at": None}
+
+    def mark_running(self, *, node_id: str = "", now: datetime | None = None) -> list[str]:
+        now = now or timezone.now()
+        return self._transition(
+            RunStatus.RUNNING, node_id=node_id, started_at=now, attempt=self.attempt + 1
+        )
+
+    def mark_succeeded(self, *, output, now: datetime | None = None) -> list[str]:
+        now = now or timezone.now()
+        return self._transition(RunStatus.SUCCESS, output=output, **self._finish_fields(now))
+
+    def mark_failed(
+        self, *, error_code: str, error_message: str, now: datetime | None = None
+    ) -> list[str]:
+        now = now or timezone.now()
+        return self._transition(
+            RunStatus.FAILED,
+            error_code=error_code,
+            error_message=error_message,
+            **self._finish_fields(now),
+        )
+
+    def mark_cancelled(self, *, now: datetime | None = None) -> list[str]:
+        now = now or timezone.now()
+        return self._transition(RunStatus.CANCELLED, **self._finish_fields(now))
+
+
+class AgentRunMetric(BaseModel):
+    run = models.ForeignKey(AgentRun, on_delete=models.CASCADE, related_name="metric_rows")
+    name = models.CharField(max_length=120)
+    value = models.FloatField()
+    metadata = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        db_table = "agent_run_metrics"
+        ordering = ["created_at", "id"]
+
+    def __str__(self) -> str:
+        return f"{self.name}={self.value}"
+
+
+class ToolExecution(BaseModel):
+    # PROTECT: a tool with recorded executions is kept so its history stays readable.
+    tool = models.ForeignKey(Tool, on_delete=models.PROTECT, related_name="executions")
+    run = models.ForeignKey(
+        AgentRun, on_delete=models.SET_NULL, null=True, blank=True, related_name="tool_executions"
+    )
+    call_id = models.CharField(max_length=120)
+    status = models.CharField(
+        max_length=16, choices=ToolExecutionStatus.choices, default=ToolExecutionStatus.QUEUED
+    )
+    input = models.JSONField(null=True, blank=True)
+    output = models.JSONField(null=True, blank=True)
+    error = models.TextField(blank=True, default="")
+    metadata = models.JSONField(default=dict, blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    completed_at = models.DateTimeField(null=True, blank=True)
+    duration_ms = models.PositiveIntegerField(null=True, blank=True)
+
+    class Meta:
+        db_table = "tool_executions"
+        ordering = ["created_at", "id"]
+        constraints = [
+            choices_check("status", ToolExecutionStatus, "tool_execution_status_valid"),
+            # A retried call updates its row instead of duplicating it.
+            models.UniqueConstraint(
+                fields=["run", "tool", "call_id"], name="tool_execution_call_unique"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.tool_id}:{self.call_id} ({self.status})"
+
+
+class RunStep(BaseModel):
+    run = models.ForeignKey(AgentRun, on_delete=models.CASCADE, related_name="steps")
+    name = models.CharField(max_length=200)
+    status = models.CharField(max_length=16, choices=StepStatus.choices, default=StepStatus.RUNNING)
+    position = models.PositiveIntegerField(default=0)
+    payload = models.JSONField(null=True, blank=True)
+    result = models.JSONField(null=True, blank=True)
+    error = models.TextField(blank=True, default="")
+    started_at = models.DateTimeField(null=True, blank=True)
+    completed_at = models.DateTimeField(null=True, blank=True)
+    duration_ms = models.PositiveIntegerField(null=True, blank=True)
+
+    class Meta:
+        db_table = "run_steps"
+        ordering = ["run", "position"]
+        constraints = [choices_check("status", StepStatus, "run_step_status_valid")]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class AgentJob(BaseModel):
+    """A row of the legacy job table, kept readable; migrate_agent_jobs turns it into a run."""
+
+    organization = models.ForeignKey(
+        Organization, on_delete=models.SET_NULL, null=True, blank=True, related_name="legacy_jobs"
+    )
+    agent_name = models.CharField(max_length=120)
+    input = models.JSONField(null=True, blank=True)
+    output = models.JSONField(null=True, blank=True)
+    # Free text: legacy rows carry statuses the new model does not know.
+    status = models.CharField(max_length=32)
+    error = models.TextField(blank=True, default="")
+    metrics = models.JSONField(null=True, blank=True)
+    created_by = models.CharField(max_length=255, blank=True, default="")
+
+    class Meta:
+        db_table = "agent_jobs"
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.agent_name} ({self.status})"
