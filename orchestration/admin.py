@@ -1,0 +1,110 @@
+"""The operators' console for how work runs: the node fleet, the event log, configuration."""
+
+from __future__ import annotations
+
+from django.contrib import admin
+from django.contrib.admin.views.main import ChangeList
+from django.http import HttpRequest
+from django.utils import timezone
+
+from orchestration.models import OrchestratorConfigRevision, OrchestratorEvent, OrchestratorNode
+from runs.admin import (
+    TIMESTAMPS,
+    LargeTablePaginator,
+    RecordAdmin,
+    deferring_changelist,
+    parse_uuid,
+    pretty_json,
+    run_link,
+)
+
+
+@admin.register(OrchestratorNode)
+class OrchestratorNodeAdmin(admin.ModelAdmin):
+    """Nodes register and heartbeat themselves, so their rows are not edited here.
+
+    Deleting the row of a node that is gone for good is allowed; a live node would
+    simply register again.
+    """
+
+    list_display = (
+        "node_id",
+        "status",
+        "region",
+        "capacity",
+        "active_runs",
+        "cpu_utilization",
+        "memory_utilization",
+        "version",
+        "last_heartbeat_at",
+        "heartbeat_age",
+    )
+    list_filter = ("status", "region")
+    search_fields = ("node_id", "endpoint", "version")
+    readonly_fields = ("registered_at", "last_heartbeat_at", *TIMESTAMPS)
+
+    def has_add_permission(self, request: HttpRequest, obj=None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj=None) -> bool:
+        return False
+
+    @admin.display(description="heartbeat age", ordering="-last_heartbeat_at")
+    def heartbeat_age(self, obj: OrchestratorNode) -> str:
+        seconds = int((timezone.now() - obj.last_heartbeat_at).total_seconds())
+        return f"{seconds} s" if seconds < 120 else f"{seconds // 60} min"
+
+
+@admin.register(OrchestratorEvent)
+class OrchestratorEventAdmin(RecordAdmin):
+    list_display = ("id", "type", "organization", "agent", "run_id_link", "node_id", "created_at")
+    list_filter = ("type",)
+    # Not "run": its row carries the run's input and output, and only the id is shown.
+    list_select_related = ("organization", "agent")
+    search_fields = ("node_id__exact",)
+    raw_id_fields = ("organization", "agent", "run")
+    # Newest first for people; the model orders oldest first for clients resuming "after N".
+    ordering = ("-id",)
+    paginator = LargeTablePaginator
+    readonly_fields = ("created_at", "payload_json")
+    exclude = ("payload",)
+
+    def get_changelist(self, request: HttpRequest, **kwargs) -> type[ChangeList]:
+        return deferring_changelist(("payload",))
+
+    @admin.display(description="run", ordering="run_id")
+    def run_id_link(self, obj: OrchestratorEvent) -> str:
+        return run_link(obj.run_id)
+
+    @admin.display(description="payload")
+    def payload_json(self, obj: OrchestratorEvent) -> str:
+        return pretty_json(obj.payload)
+
+    def get_search_results(self, request, queryset, search_term):
+        run_id = parse_uuid(search_term)
+        if run_id is None:
+            return super().get_search_results(request, queryset, search_term)
+        return queryset.filter(run_id=run_id), False
+
+
+@admin.register(OrchestratorConfigRevision)
+class OrchestratorConfigRevisionAdmin(RecordAdmin):
+    """History of the live configuration; changes go through the configuration API."""
+
+    list_display = ("created_at", "created_by", "comment")
+    list_select_related = ("created_by",)
+    search_fields = ("comment",)
+    raw_id_fields = ("created_by",)
+    fields = ("created_at", "created_by", "comment", "document_json", "diff_json")
+    readonly_fields = ("created_at", "document_json", "diff_json")
+
+    def get_changelist(self, request: HttpRequest, **kwargs) -> type[ChangeList]:
+        return deferring_changelist(("document", "diff"))
+
+    @admin.display(description="document")
+    def document_json(self, obj: OrchestratorConfigRevision) -> str:
+        return pretty_json(obj.document)
+
+    @admin.display(description="diff")
+    def diff_json(self, obj: OrchestratorConfigRevision) -> str:
+        return pretty_json(obj.diff)
