@@ -9,4 +9,10 @@ class AgentsConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
+        from django.conf import settings
+
         from agents import schema  # noqa: F401  (registers the OpenAPI auth extensions)
+        from agents.handlers import registry
+
+        # Handlers register themselves on import; definitions in the database name them.
+        registry.autodiscover(settings.AGENT_HANDLER_MODULES)

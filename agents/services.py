@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import secrets
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.db import transaction
-from django.db.models import Q
+from django.db.models import Q, QuerySet
 from django.utils import timezone
 from django.utils.text import slugify
 
-from agents.choices import DEFAULT_API_KEY_SCOPES, MemberRole, Scope
+from agents.choices import DEFAULT_API_KEY_SCOPES, AgentStatus, MemberRole, Scope
+from agents.handlers import registry
 from agents.models import Agent, AgentCapability, ApiKey, Organization, OrganizationMember
 
 # last_used_at is bookkeeping, not an audit log: write it at most this often per key.
@@ -125,3 +127,60 @@ def agent_update(*, agent: Agent, intents: list[str] | None = None, **fields) ->
     if intents is not None:
         agent_set_intents(agent=agent, intents=intents)
     return agent
+
+
+def agent_set_status(*, agents: QuerySet[Agent] | Iterable[Agent], status: str) -> int:
+    """Move agents to a status in one UPDATE; returns how many actually changed."""
+    if status not in AgentStatus.values:
+        raise ValueError(f"unknown agent status {status!r}; known: {', '.join(AgentStatus.values)}")
+    if isinstance(agents, QuerySet):
+        agent_ids = list(agents.values_list("pk", flat=True))
+    else:
+        agent_ids = [agent.pk for agent in agents]
+    # update() skips auto_now, so updated_at is set by hand.
+    return (
+        Agent.objects.filter(pk__in=agent_ids)
+        .exclude(status=status)
+        .update(status=status, updated_at=timezone.now())
+    )
+
+
+@dataclass(frozen=True)
+class DefinitionSyncResult:
+    created: list[str]
+    unchanged: list[str]
+
+
+@transaction.atomic
+def agent_definitions_sync(*, organization: Organization) -> DefinitionSyncResult:
+    """Seed the code-declared definitions into an organization.
+
+    Creates the definitions and capabilities that are missing; an existing definition is
+    left exactly as it is, because its status, config and intents may be an admin's edit.
+    A definition whose handler is registered starts ACTIVE; one without starts DRAFT.
+    """
+    existing = set(Agent.objects.filter(organization=organization).values_list("name", flat=True))
+    created, unchanged = [], []
+    for definition in registry.definitions():
+        if definition.name in existing:
+            unchanged.append(definition.name)
+            continue
+        agent_create(
+            organization=organization,
+            name=definition.name,
+            slug=slugify(definition.name),
+            kind=definition.kind,
+            version=definition.version,
+            owner_team=definition.owner_team,
+            description=definition.description,
+            handler=definition.handler,
+            config=dict(definition.default_config or {}),
+            status=(
+                AgentStatus.ACTIVE
+                if registry.is_registered(definition.handler)
+                else AgentStatus.DRAFT
+            ),
+            intents=list(definition.intents),
+        )
+        created.append(definition.name)
+    return DefinitionSyncResult(created=created, unchanged=unchanged)

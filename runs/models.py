@@ -48,7 +48,7 @@ class AgentRun(BaseModel):
     status = models.CharField(max_length=16, choices=RunStatus.choices, default=RunStatus.PENDING)
     intent = models.CharField(max_length=120)
     objective = models.TextField(blank=True, default="")
-    input = models.JSONField(default=dict, blank=True)
+    input = models.JSONField(null=True, blank=True)
     output = models.JSONField(null=True, blank=True)
     metrics = models.JSONField(default=dict, blank=True)
     meta = models.JSONField(default=dict, blank=True)

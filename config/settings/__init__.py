@@ -144,6 +144,16 @@ CELERY_TIMEZONE = "UTC"
 # --- Orchestrator identity -----------------------------------------------------
 ORCHESTRATOR_NODE_ID = env_str("ORCHESTRATOR_NODE_ID", f"{socket.gethostname()}-{os.getpid()}")
 ORCHESTRATOR_REGION = env_str("ORCHESTRATOR_REGION", "local")
+# Absolute base URL of this API as remote agents reach it (run callbacks).
+PUBLIC_BASE_URL = env_str("PUBLIC_BASE_URL", "http://127.0.0.1:8000")
+# How long a claimed run belongs to its node without a heartbeat extending it.
+RUN_LEASE_SECONDS = env_int("RUN_LEASE_SECONDS", 60)
+# Threads that run handlers so callers can stop waiting at the timeout.
+HANDLER_THREADS = env_int("HANDLER_THREADS", 16)
+# Modules whose import registers agent handlers (@register).
+AGENT_HANDLER_MODULES = env_list(
+    "AGENT_HANDLER_MODULES", ["agents.handlers.http", "agents.reference"]
+)
 
 # --- Auth, i18n, static ----------------------------------------------------------
 AUTH_PASSWORD_VALIDATORS = [

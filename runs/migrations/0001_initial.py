@@ -45,7 +45,7 @@ class Migration(migrations.Migration):
                 ('status', models.CharField(choices=[('PENDING', 'Pending'), ('RUNNING', 'Running'), ('SUCCESS', 'Success'), ('FAILED', 'Failed'), ('CANCELLED', 'Cancelled')], default='PENDING', max_length=16)),
                 ('intent', models.CharField(max_length=120)),
                 ('objective', models.TextField(blank=True, default='')),
-                ('input', models.JSONField(blank=True, default=dict)),
+                ('input', models.JSONField(blank=True, null=True)),
                 ('output', models.JSONField(blank=True, null=True)),
                 ('metrics', models.JSONField(blank=True, default=dict)),
                 ('meta', models.JSONField(blank=True, default=dict)),

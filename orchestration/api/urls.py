@@ -1,0 +1,14 @@
+from __future__ import annotations
+
+from django.urls import path
+from rest_framework.routers import SimpleRouter
+
+from orchestration.api.views import OrchestrateView, RunViewSet
+
+router = SimpleRouter(trailing_slash="/?")
+router.register("runs", RunViewSet, basename="run")
+
+urlpatterns = [
+    path("orchestrate", OrchestrateView.as_view(), name="orchestrate"),
+    *router.urls,
+]

@@ -1,0 +1,37 @@
+"""Celery tasks: they take ids and call one service."""
+
+from __future__ import annotations
+
+import logging
+
+from celery import shared_task
+from django.conf import settings
+
+from runs.choices import RunStatus
+from runs.models import AgentRun
+
+logger = logging.getLogger(__name__)
+
+
+@shared_task(
+    name="orchestration.execute_run",
+    # Redelivered if the worker dies mid-run; the claim's conditional UPDATE keeps it single.
+    acks_late=True,
+    reject_on_worker_lost=True,
+    ignore_result=True,
+)
+def execute_run(run_id: str) -> str:
+    from orchestration.services.orchestrator import run_execute
+
+    run = (
+        AgentRun.objects.select_related("agent", "organization", "dataset")
+        .filter(pk=run_id)
+        .first()
+    )
+    if run is None:
+        logger.warning("execute_run: run %s does not exist", run_id)
+        return "missing"
+    if run.status != RunStatus.PENDING:
+        return f"skipped:{run.status}"
+    executed = run_execute(run=run, node_id=settings.ORCHESTRATOR_NODE_ID)
+    return run.status if executed else "not-claimed"

@@ -1,0 +1,82 @@
+"""Throw-away handlers for the orchestration tests (also imported by test Celery workers)."""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+
+from agents.handlers.base import AgentHandler, PermanentHandlerError, RetryableError
+from agents.handlers.registry import register
+
+CALLS: dict[str, int] = defaultdict(int)
+
+
+@register
+class SleepHandler(AgentHandler):
+    key = "test-sleep"
+
+    def handle(self, request, ctx):
+        CALLS[request.run_id] += 1
+        sleep_ms = int((request.payload or {}).get("sleep_ms", 0))
+        with ctx.step("sleep", {"ms": sleep_ms}) as step:
+            with ctx.tool("clock", {"ms": sleep_ms}, call_id="sleep") as call:
+                time.sleep(sleep_ms / 1000)
+                call.output = {"slept": sleep_ms}
+            step.result = {"ok": True}
+        ctx.metric("tokens_in", 3, source="test")
+        return {"slept": sleep_ms, "echo": request.payload}
+
+
+@register
+class FailHandler(AgentHandler):
+    key = "test-fail"
+
+    def handle(self, request, ctx):
+        CALLS[request.run_id] += 1
+        ctx.metric("tokens_in", 1)
+        raise PermanentHandlerError("the model refused", details={"reason": "test"})
+
+
+@register
+class FlakyHandler(AgentHandler):
+    """Fails with a retryable error on its first call per run, then succeeds."""
+
+    key = "test-flaky"
+
+    def handle(self, request, ctx):
+        CALLS[request.run_id] += 1
+        with ctx.tool("upstream", {"n": CALLS[request.run_id]}, call_id="upstream-call") as call:
+            if CALLS[request.run_id] == 1:
+                raise RetryableError("upstream hiccup")
+            call.output = {"ok": True}
+        return {"calls": CALLS[request.run_id]}
+
+
+@register
+class ToolFailHandler(AgentHandler):
+    """A failing tool the handler recovers from: the run's outcome follows the handler."""
+
+    key = "test-tool-fail"
+
+    def handle(self, request, ctx):
+        try:
+            with ctx.tool("flaky-search", {"q": "x"}):
+                raise ValueError("index offline")
+        except ValueError:
+            pass
+        with ctx.tool("fallback-search", {"q": "x"}) as call:
+            call.output = {"hits": 1}
+        return {"used": "fallback"}
+
+
+@register
+class WaitForCancelHandler(AgentHandler):
+    key = "test-wait-cancel"
+
+    def handle(self, request, ctx):
+        deadline = time.monotonic() + float((request.payload or {}).get("max_s", 10))
+        while time.monotonic() < deadline:
+            if ctx.cancelled:
+                raise PermanentHandlerError("stopped: cancelled")
+            time.sleep(0.02)
+        return {"cancelled": False}
