@@ -12,14 +12,48 @@ from typing import TextIO
 from django.contrib.auth import get_user_model
 from django.db import transaction
 
-from agents.choices import MemberRole
-from agents.models import ApiKey, Organization
-from agents.services import api_key_create, member_add, organization_create
+from agents.choices import DatasetKind, MemberRole
+from agents.models import ApiKey, Dataset, Organization
+from agents.services import (
+    agent_definitions_sync,
+    api_key_create,
+    member_add,
+    organization_create,
+)
 
 DEMO_ORGANIZATION_SLUG = "demo"
 DEMO_ORGANIZATION_NAME = "Demo"
 DEMO_ADMIN_USERNAME = "admin"
 DEMO_API_KEY_NAME = "demo"
+DEMO_DATASET_SLUG = "brand-handbook"
+
+# A small document set, so knowledge-search has something to find in the demo.
+DEMO_DOCUMENTS = [
+    {
+        "id": "voice",
+        "title": "Brand voice",
+        "text": "We write in a warm, plain and confident voice. Short sentences. No jargon. "
+        "We speak to customers as capable adults and never overpromise.",
+    },
+    {
+        "id": "refunds",
+        "title": "Refund policy",
+        "text": "Customers can ask for a full refund within 30 days of purchase. Refunds are "
+        "issued to the original payment method within five business days.",
+    },
+    {
+        "id": "shipping",
+        "title": "Shipping",
+        "text": "Orders ship within two business days. Express shipping arrives the next day "
+        "in most cities; tracking links are emailed when the parcel leaves the warehouse.",
+    },
+    {
+        "id": "security",
+        "title": "Account security",
+        "text": "Enable two-factor authentication in account settings. We never ask for your "
+        "password by email. Report suspicious messages to the security team.",
+    },
+]
 
 
 @transaction.atomic
@@ -60,6 +94,22 @@ def demo_seed(*, stdout: TextIO | None = None) -> dict:
             organization=organization, name=DEMO_API_KEY_NAME, created_by=user
         ).raw_key
         say(f"Created API key {DEMO_API_KEY_NAME!r}.")
+
+    synced = agent_definitions_sync(organization=organization)
+    if synced.created:
+        say(f"Created agent definitions: {', '.join(synced.created)}.")
+    _, dataset_created = Dataset.objects.get_or_create(
+        organization=organization,
+        slug=DEMO_DATASET_SLUG,
+        defaults={
+            "name": "Brand handbook",
+            "kind": DatasetKind.DOCUMENTS,
+            "description": "Demo documents for BrandVoiceAgent's knowledge-search.",
+            "metadata": {"documents": DEMO_DOCUMENTS},
+        },
+    )
+    if dataset_created:
+        say(f"Created dataset {DEMO_DATASET_SLUG!r}.")
 
     return {
         "organization": organization,

@@ -209,7 +209,8 @@ def run_enqueue(run: AgentRun) -> None:
     from orchestration.tasks import execute_run
 
     run_id = str(run.pk)
-    transaction.on_commit(lambda: execute_run.apply_async(args=[run_id]))
+    queue = settings.RUN_DEFAULT_QUEUE
+    transaction.on_commit(lambda: execute_run.apply_async(args=[run_id], queue=queue))
 
 
 def _callback_url(run: AgentRun) -> str:

@@ -36,5 +36,10 @@ class Command(BaseCommand):
             f"API key:      {api_key}",
             f"API docs:     {BASE_URL}/api/docs/",
             "",
+            "Try it:",
+            f"  curl -s {BASE_URL}/api/orchestrate -H 'Authorization: Bearer <API key>' \\",
+            "    -H 'Content-Type: application/json' \\",
+            """    -d '{"intent": "summarize", "payload": {"text": "..."}}'""",
+            "",
         ]
         self.stdout.write("\n".join(lines))
