@@ -15,10 +15,15 @@ class Principal:
     api_key: ApiKey | None = None
     role: str = ""
     extra: dict = field(default_factory=dict)
+    # For callers that are neither a user nor a key (the command line), which would
+    # otherwise all share the meaningless identity "user:".
+    principal_key: str = ""
 
     @property
     def key(self) -> str:
         """A stable identity for per-principal limits and audit: 'user:<id>' or 'key:<id>'."""
+        if self.principal_key:
+            return self.principal_key
         if self.api_key is not None:
             return f"key:{self.api_key.pk}"
         return f"user:{getattr(self.user, 'pk', '')}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -85,8 +86,6 @@ class WorkerProcess:
     def stop(self, sig: int | None = None) -> None:
         if self.process is None or self.process.poll() is not None:
             return
-        import signal
-
         os.killpg(self.process.pid, sig or signal.SIGTERM)
         try:
             self.process.wait(timeout=20)
