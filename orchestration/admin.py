@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from django.contrib import admin
 from django.contrib.admin.views.main import ChangeList
 from django.http import HttpRequest
 from django.utils import timezone
 
+from agents.admin import AgentAdmin
+from agents.models import Agent
 from orchestration.models import OrchestratorConfigRevision, OrchestratorEvent, OrchestratorNode
+from orchestration.policies import CircuitState, policy_store
+from orchestration.services.circuits import circuit_force, circuit_list
 from runs.admin import (
     TIMESTAMPS,
     LargeTablePaginator,
@@ -108,3 +114,53 @@ class OrchestratorConfigRevisionAdmin(RecordAdmin):
     @admin.display(description="diff")
     def diff_json(self, obj: OrchestratorConfigRevision) -> str:
         return pretty_json(obj.diff)
+
+
+class AgentWithCircuitAdmin(AgentAdmin):
+    """The agent editor plus its circuit: state on the page, force actions in the list.
+
+    Registered here rather than in agents/admin.py because circuits belong to the
+    orchestration layer, which may depend on agents but not the other way round.
+    """
+
+    actions = (*AgentAdmin.actions, "force_open", "force_close", "release_circuit")
+
+    def get_readonly_fields(self, request: HttpRequest, obj=None):
+        fields = super().get_readonly_fields(request, obj)
+        return (*fields, "circuit") if obj is not None else fields
+
+    @admin.display(description="circuit")
+    def circuit(self, obj: Agent) -> str:
+        item = circuit_list(agents=[obj])[0]
+        s = item.snapshot
+        parts = [s.state]
+        if s.opened_at:
+            opened = datetime.fromtimestamp(s.opened_at, tz=UTC).isoformat(timespec="seconds")
+            parts.append(f"opened {opened}")
+        parts.append(f"{s.consecutive_failures} consecutive failures")
+        parts.append(f"{s.window_failures}/{s.window_calls} failed in window")
+        if s.probes_in_flight:
+            parts.append(f"{s.probes_in_flight} probe(s) in flight")
+        parts.append(f"store: {policy_store().backend}")
+        return " · ".join(parts)
+
+    def _force(self, request: HttpRequest, queryset, state: str | None, verb: str) -> None:
+        for agent in queryset.select_related("organization"):
+            circuit_force(agent=agent, state=state, actor=f"admin:{request.user.pk}")
+        self.message_user(request, f"{verb} the circuit of {queryset.count()} agent(s).")
+
+    @admin.action(description="Force circuit OPEN (reject all calls)")
+    def force_open(self, request: HttpRequest, queryset) -> None:
+        self._force(request, queryset, CircuitState.OPEN, "Forced open")
+
+    @admin.action(description="Force circuit CLOSED (admit all calls)")
+    def force_close(self, request: HttpRequest, queryset) -> None:
+        self._force(request, queryset, CircuitState.CLOSED, "Forced closed")
+
+    @admin.action(description="Release a forced circuit")
+    def release_circuit(self, request: HttpRequest, queryset) -> None:
+        self._force(request, queryset, None, "Released")
+
+
+admin.site.unregister(Agent)
+admin.site.register(Agent, AgentWithCircuitAdmin)

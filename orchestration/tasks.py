@@ -7,6 +7,7 @@ import logging
 from celery import shared_task
 from django.conf import settings
 
+from orchestration.services.execution import run_execute
 from runs.choices import RunStatus
 from runs.models import AgentRun
 
@@ -21,8 +22,6 @@ logger = logging.getLogger(__name__)
     ignore_result=True,
 )
 def execute_run(run_id: str) -> str:
-    from orchestration.services.orchestrator import run_execute
-
     run = (
         AgentRun.objects.select_related("agent", "organization", "dataset")
         .filter(pk=run_id)

@@ -57,7 +57,9 @@ class HttpAgentHandler(AgentHandler):
         url = config.get("url")
         if not url:
             raise PermanentHandlerError("The http agent has no config.url.")
-        read_timeout = float(config.get("timeout_s") or DEFAULT_READ_TIMEOUT_S)
+        # A little past the orchestrator's own per-attempt deadline, so a slow agent is
+        # reported consistently as AGENT_TIMEOUT by the orchestrator, not as a read error.
+        read_timeout = float(config.get("timeout_s") or DEFAULT_READ_TIMEOUT_S) + 1.0
         timeout = httpx.Timeout(
             read_timeout,
             connect=float(config.get("connect_timeout_s") or DEFAULT_CONNECT_TIMEOUT_S),
@@ -86,7 +88,8 @@ class HttpAgentHandler(AgentHandler):
             raise RetryableError(f"The remote agent is unreachable: {exc}") from exc
         if response.status_code >= 500:
             raise RetryableError(
-                f"The remote agent answered {response.status_code}.", details=_answer(response)
+                f"The remote agent answered {response.status_code}.",
+                details={"status": response.status_code, "answer": _answer(response)},
             )
         if response.status_code >= 400:
             raise PermanentHandlerError(

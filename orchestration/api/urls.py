@@ -3,6 +3,7 @@ from __future__ import annotations
 from django.urls import path
 from rest_framework.routers import SimpleRouter
 
+from orchestration.api.circuits import CircuitForceView, CircuitListView
 from orchestration.api.views import OrchestrateView, RunViewSet
 
 router = SimpleRouter(trailing_slash="/?")
@@ -10,5 +11,11 @@ router.register("runs", RunViewSet, basename="run")
 
 urlpatterns = [
     path("orchestrate", OrchestrateView.as_view(), name="orchestrate"),
+    path("orchestration/circuits", CircuitListView.as_view(), name="circuits"),
+    path(
+        "orchestration/circuits/<str:agent>/force",
+        CircuitForceView.as_view(),
+        name="circuit-force",
+    ),
     *router.urls,
 ]

@@ -13,8 +13,9 @@ from orchestration.api.serializers import (
     OrchestrateRequestSerializer,
     OrchestrateResponseSerializer,
 )
+from orchestration.services.dispatch import run_enqueue
 from orchestration.services.envelope import failure_envelope, run_envelope
-from orchestration.services.orchestrator import OrchestrateCommand, orchestrate, run_enqueue
+from orchestration.services.orchestrator import OrchestrateCommand, orchestrate
 from runs import services as run_services
 from runs.api.serializers import RunDetailSerializer
 from runs.api.views import RunViewSet as RunReadViewSet

@@ -13,27 +13,24 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.utils import timezone
 
-from agents.handlers import HandlerRequest, registry
 from agents.principal import Principal
+from orchestration import bus
+from orchestration.choices import EventType
 from orchestration.errors import OrchestrationError
 from orchestration.policies import agent_policy, policy_store
+from orchestration.services.dispatch import run_enqueue
 from orchestration.services.envelope import failure_envelope, run_envelope
-from orchestration.services.executor import handler_invoke
+from orchestration.services.execution import run_execute
 from orchestration.services.resolution import (
     agent_effective_config,
     agent_resolve,
     dataset_resolve,
 )
 from runs import services as run_services
-from runs.choices import ACTIVE_RUN_STATES, RunMode, RunStatus
-from runs.context import RunContext
+from runs.choices import ACTIVE_RUN_STATES, RunMode
 from runs.models import AgentRun
-from runs.recorder import recording_flush
-from runs.tokens import run_token_issue
 
 logger = logging.getLogger(__name__)
 
@@ -114,6 +111,19 @@ def orchestrate(command: OrchestrateCommand, principal: Principal) -> Orchestrat
         limit=policy.rate_limit,
     )
     if not decision.allowed:
+        if getattr(decision, "sample_event", False):
+            # Sampled by the store (one per key per window), so an attack cannot flood the log.
+            bus.publish(
+                EventType.RATE_LIMITED,
+                {
+                    "scope": decision.scope,
+                    "limit": decision.limit,
+                    "intent": command.intent,
+                    "principal": principal.key,
+                },
+                organization=organization,
+                agent=agent,
+            )
         return _error_result(
             OrchestrationError(
                 "RATE_LIMITED",
@@ -150,7 +160,7 @@ def orchestrate(command: OrchestrateCommand, principal: Principal) -> Orchestrat
                 request_fingerprint=fingerprint,
             )
             if command.mode == RunMode.ASYNC:
-                run_enqueue(run)
+                run_enqueue(run, total_timeout_s=policy.total_timeout_s)
     except IntegrityError:
         # A concurrent request with the same Idempotency-Key inserted first.
         existing = AgentRun.objects.filter(
@@ -202,136 +212,3 @@ def _replay(existing: AgentRun, fingerprint: str, agent_name: str, command) -> O
         )
     status, body = run_envelope(existing, agent_name=agent_name)
     return OrchestrateResult(status, body, {}, existing)
-
-
-def run_enqueue(run: AgentRun) -> None:
-    """Dispatch after the PENDING row is committed, never before (the worker must find it)."""
-    from orchestration.tasks import execute_run
-
-    run_id = str(run.pk)
-    queue = settings.RUN_DEFAULT_QUEUE
-    transaction.on_commit(lambda: execute_run.apply_async(args=[run_id], queue=queue))
-
-
-def _callback_url(run: AgentRun) -> str:
-    return f"{settings.PUBLIC_BASE_URL.rstrip('/')}/api/runs/{run.pk}/"
-
-
-def run_execute(*, run: AgentRun, config: dict | None = None, node_id: str | None = None) -> bool:
-    """Execute a PENDING run to its end. Returns False when another worker holds it."""
-    node_id = node_id or settings.ORCHESTRATOR_NODE_ID
-    if not run_services.run_claim(
-        run=run, node_id=node_id, lease_seconds=settings.RUN_LEASE_SECONDS
-    ):
-        run.refresh_from_db()
-        return False
-    agent = run.agent
-    if config is None:
-        config = agent_effective_config(agent)
-    policy = agent_policy(config)
-    queue_wait_ms = None
-    if (run.meta or {}).get("mode") == RunMode.ASYNC and run.queued_at:
-        queue_wait_ms = max(0, int((run.started_at - run.queued_at).total_seconds() * 1000))
-
-    def make_context(attempt: int) -> RunContext:
-        return RunContext(
-            run_id=str(run.pk),
-            organization=run.organization,
-            agent=agent,
-            config=config,
-            attempt=attempt,
-            dataset=run.dataset,
-            callback_url=_callback_url(run),
-            run_token=run_token_issue(run_id=run.pk, attempt=run.attempt),
-            cancel_probe=lambda: run_services.run_cancel_requested(run.pk),
-        )
-
-    if not registry.is_registered(agent.handler):
-        invocation = None
-        outcome = run_services.RunOutcome(
-            status=RunStatus.FAILED,
-            error_code="AGENT_NOT_REGISTERED",
-            error_message=f"{agent.name} has no registered handler in this process.",
-        )
-    else:
-        request = HandlerRequest(
-            run_id=str(run.pk),
-            agent=agent.name,
-            intent=run.intent,
-            payload=run.input,
-            organization=run.organization.slug,
-            attempt=1,
-            objective=run.objective,
-            dataset_id=str(run.dataset_id) if run.dataset_id else None,
-            user_id=str(run.user_id) if run.user_id else None,
-            context=(run.meta or {}).get("context", {}),
-        )
-        invocation = handler_invoke(
-            handler=registry.get(agent.handler),
-            request=request,
-            make_context=make_context,
-            policy=policy,
-            store=policy_store(),
-            agent_key=str(agent.pk),
-            is_cancelled=lambda: run_services.run_cancel_requested(run.pk),
-        )
-        if invocation.status == "success":
-            outcome = run_services.RunOutcome(status=RunStatus.SUCCESS, output=invocation.output)
-        elif invocation.status == "cancelled":
-            outcome = run_services.RunOutcome(status=RunStatus.CANCELLED)
-        else:
-            outcome = run_services.RunOutcome(
-                status=RunStatus.FAILED,
-                error_code=invocation.error_code or "AGENT_EXECUTION_FAILED",
-                error_message=invocation.error_message,
-            )
-
-    now = timezone.now()
-    duration_ms = max(0, int((now - run.started_at).total_seconds() * 1000))
-    attempts = invocation.attempts if invocation else 0
-    retries = invocation.retries if invocation else 0
-    summary: dict[str, Any] = {
-        "intent": run.intent,
-        "agent": agent.name,
-        "responseOk": outcome.status == RunStatus.SUCCESS,
-        "durationMs": duration_ms,
-        "attempts": attempts,
-        "retries": retries,
-    }
-    if queue_wait_ms is not None:
-        summary["queueWaitMs"] = queue_wait_ms
-    if outcome.status == RunStatus.FAILED:
-        summary["error"] = {"code": outcome.error_code, "message": outcome.error_message[:500]}
-    meta = dict(run.meta or {})
-    if invocation is not None:
-        meta["policies"] = invocation.decisions
-        if invocation.error_details is not None and outcome.status == RunStatus.FAILED:
-            meta["errorDetails"] = invocation.error_details
-        if invocation.retry_after_s:
-            meta["retryAfterS"] = invocation.retry_after_s
-
-    standard = [
-        ("latency_ms", float(duration_ms), {}),
-        ("attempts", float(attempts), {}),
-        ("retries", float(retries), {}),
-    ]
-    if queue_wait_ms is not None:
-        standard.append(("queue_wait_ms", float(queue_wait_ms), {}))
-    if outcome.status == RunStatus.FAILED:
-        standard.append(("error", 1.0, {"code": outcome.error_code}))
-
-    with transaction.atomic():
-        written = run_services.run_finish(
-            run=run, outcome=outcome, metrics=summary, meta=meta, now=now
-        )
-        if written:
-            recording_flush(
-                run=run,
-                contexts=invocation.contexts if invocation else [],
-                extra_metrics=standard,
-            )
-    if not written:
-        # The attempt was fenced off (the run was reassigned or ended elsewhere): discard.
-        logger.warning("stale completion of run %s attempt %s discarded", run.pk, run.attempt)
-        run.refresh_from_db()
-    return True

@@ -9,6 +9,7 @@ from __future__ import annotations
 import uuid
 
 from django.shortcuts import get_object_or_404
+from django.utils.text import slugify
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from drf_spectacular.utils import extend_schema
 from rest_framework import exceptions, serializers, status
@@ -110,6 +111,17 @@ class RunCallbackView(APIView):
 
 class ToolExecutionCallbackView(RunCallbackView):
     serializer_class = ToolExecutionReportSerializer
+    # Report field -> ToolExecution column.
+    REPORTED_FIELDS = {
+        "status": "status",
+        "input": "input",
+        "output": "output",
+        "error": "error",
+        "metadata": "metadata",
+        "startedAt": "started_at",
+        "completedAt": "completed_at",
+        "durationMs": "duration_ms",
+    }
 
     @extend_schema(request=ToolExecutionReportSerializer, responses={201: dict})
     def post(self, request, run_id):
@@ -117,20 +129,17 @@ class ToolExecutionCallbackView(RunCallbackView):
 
     def record(self, run, data) -> dict:
         call_id = data.get("callId") or uuid.uuid4().hex
+        # Only what this report says: a later report of the same call (its outcome) must not
+        # erase what an earlier one recorded (its input, its start). New rows take the defaults.
+        fields = {
+            column: data[name] for name, column in self.REPORTED_FIELDS.items() if name in data
+        }
         execution = tool_execution_upsert(
             run=run,
-            slug=data["tool"],
+            # The same tool as a local handler's ctx.tool(slug) (runs/recorder.py slugifies).
+            slug=slugify(data["tool"]) or "tool",
             call_id=call_id,
-            fields={
-                "status": data["status"],
-                "input": data.get("input"),
-                "output": data.get("output"),
-                "error": data.get("error", ""),
-                "metadata": data.get("metadata") or {},
-                "started_at": data.get("startedAt"),
-                "completed_at": data.get("completedAt"),
-                "duration_ms": data.get("durationMs"),
-            },
+            fields=fields,
         )
         return {"id": str(execution.pk), "callId": call_id}
 

@@ -1,0 +1,182 @@
+"""Step 7 of the lifecycle: execute a PENDING run to its end (sync and async alike).
+
+Claim with a conditional UPDATE, run the handler under the agent's policies, then
+write the outcome with one UPDATE fenced on the attempt number and flush what the
+handler recorded in the same transaction.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery.exceptions import SoftTimeLimitExceeded
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from agents.handlers import HandlerRequest, registry
+from orchestration import bus
+from orchestration.choices import EventType
+from orchestration.policies import CircuitState, agent_policy, policy_store
+from orchestration.services.executor import Invocation, handler_invoke
+from orchestration.services.resolution import (
+    agent_effective_config,
+)
+from runs import services as run_services
+from runs.choices import RunMode, RunStatus
+from runs.context import RunContext
+from runs.models import AgentRun
+from runs.recorder import recording_flush
+from runs.tokens import run_token_issue
+
+logger = logging.getLogger(__name__)
+
+CIRCUIT_EVENTS = {
+    CircuitState.OPEN: EventType.CIRCUIT_OPENED,
+    CircuitState.HALF_OPEN: EventType.CIRCUIT_HALF_OPEN,
+    CircuitState.CLOSED: EventType.CIRCUIT_CLOSED,
+}
+
+
+def _callback_url(run: AgentRun) -> str:
+    return f"{settings.PUBLIC_BASE_URL.rstrip('/')}/api/runs/{run.pk}/"
+
+
+def run_execute(*, run: AgentRun, config: dict | None = None, node_id: str | None = None) -> bool:
+    """Execute a PENDING run to its end. Returns False when another worker holds it."""
+    node_id = node_id or settings.ORCHESTRATOR_NODE_ID
+    if not run_services.run_claim(
+        run=run, node_id=node_id, lease_seconds=settings.RUN_LEASE_SECONDS
+    ):
+        run.refresh_from_db()
+        return False
+    agent = run.agent
+    if config is None:
+        config = agent_effective_config(agent)
+    policy = agent_policy(config)
+    queue_wait_ms = None
+    if (run.meta or {}).get("mode") == RunMode.ASYNC and run.queued_at:
+        queue_wait_ms = max(0, int((run.started_at - run.queued_at).total_seconds() * 1000))
+
+    def make_context(attempt: int) -> RunContext:
+        return RunContext(
+            run_id=str(run.pk),
+            organization=run.organization,
+            agent=agent,
+            config=config,
+            attempt=attempt,
+            dataset=run.dataset,
+            callback_url=_callback_url(run),
+            run_token=run_token_issue(run_id=run.pk, attempt=run.attempt),
+            cancel_probe=lambda: run_services.run_cancel_requested(run.pk),
+        )
+
+    if not registry.is_registered(agent.handler):
+        invocation = None
+        outcome = run_services.RunOutcome(
+            status=RunStatus.FAILED,
+            error_code="AGENT_NOT_REGISTERED",
+            error_message=f"{agent.name} has no registered handler in this process.",
+        )
+    else:
+        request = HandlerRequest(
+            run_id=str(run.pk),
+            agent=agent.name,
+            intent=run.intent,
+            payload=run.input,
+            organization=run.organization.slug,
+            attempt=1,
+            objective=run.objective,
+            dataset_id=str(run.dataset_id) if run.dataset_id else None,
+            user_id=str(run.user_id) if run.user_id else None,
+            context=(run.meta or {}).get("context", {}),
+        )
+        try:
+            invocation = handler_invoke(
+                handler=registry.get(agent.handler),
+                request=request,
+                make_context=make_context,
+                policy=policy,
+                store=policy_store(),
+                agent_key=str(agent.pk),
+                is_cancelled=lambda: run_services.run_cancel_requested(run.pk),
+            )
+        except SoftTimeLimitExceeded:
+            # The worker's backstop fired (the per-run deadline should have come first).
+            invocation = Invocation(
+                status="failed",
+                error_code="AGENT_TIMEOUT",
+                error_message="The run exceeded the worker's time limit.",
+            )
+        if invocation.status == "success":
+            outcome = run_services.RunOutcome(status=RunStatus.SUCCESS, output=invocation.output)
+        elif invocation.status == "cancelled":
+            outcome = run_services.RunOutcome(status=RunStatus.CANCELLED)
+        else:
+            outcome = run_services.RunOutcome(
+                status=RunStatus.FAILED,
+                error_code=invocation.error_code or "AGENT_EXECUTION_FAILED",
+                error_message=invocation.error_message,
+            )
+
+    now = timezone.now()
+    duration_ms = max(0, int((now - run.started_at).total_seconds() * 1000))
+    attempts = invocation.attempts if invocation else 0
+    retries = invocation.retries if invocation else 0
+    summary: dict[str, Any] = {
+        "intent": run.intent,
+        "agent": agent.name,
+        "responseOk": outcome.status == RunStatus.SUCCESS,
+        "durationMs": duration_ms,
+        "attempts": attempts,
+        "retries": retries,
+    }
+    if queue_wait_ms is not None:
+        summary["queueWaitMs"] = queue_wait_ms
+    if outcome.status == RunStatus.FAILED:
+        summary["error"] = {"code": outcome.error_code, "message": outcome.error_message[:500]}
+    meta = dict(run.meta or {})
+    if invocation is not None:
+        meta["policies"] = invocation.decisions
+        if invocation.error_details is not None and outcome.status == RunStatus.FAILED:
+            meta["errorDetails"] = invocation.error_details
+        if invocation.retry_after_s:
+            meta["retryAfterS"] = invocation.retry_after_s
+
+    standard = [
+        ("latency_ms", float(duration_ms), {}),
+        ("attempts", float(attempts), {}),
+        ("retries", float(retries), {}),
+    ]
+    if queue_wait_ms is not None:
+        standard.append(("queue_wait_ms", float(queue_wait_ms), {}))
+    if outcome.status == RunStatus.FAILED:
+        standard.append(("error", 1.0, {"code": outcome.error_code}))
+
+    with transaction.atomic():
+        written = run_services.run_finish(
+            run=run, outcome=outcome, metrics=summary, meta=meta, now=now
+        )
+        if written:
+            recording_flush(
+                run=run,
+                contexts=invocation.contexts if invocation else [],
+                extra_metrics=standard,
+            )
+    # A transition happened in the shared state whatever became of this attempt.
+    if invocation is not None:
+        for state in invocation.circuit_transitions:
+            bus.publish(
+                CIRCUIT_EVENTS[state],
+                {"agent": agent.name, "state": state, "cause": str(run.pk)},
+                organization=run.organization,
+                agent=agent,
+                run=run,
+                node=node_id,
+            )
+    if not written:
+        # The attempt was fenced off (the run was reassigned or ended elsewhere): discard.
+        logger.warning("stale completion of run %s attempt %s discarded", run.pk, run.attempt)
+        run.refresh_from_db()
+    return True
