@@ -46,7 +46,7 @@ def test_knowledge_search_uses_the_dataset_and_reports_vector_recalls(seeded):
         slug="handbook",
         metadata={
             "documents": [
-                {"id": "refunds", "title": "Refunds", "text": "Refunds within 30 days of purchase."},
+                {"id": "refunds", "title": "Refunds", "text": "Refunds within 30 days."},
                 {"id": "ship", "title": "Shipping", "text": "Orders ship in two business days."},
             ]
         },
