@@ -7,3 +7,6 @@ class OrchestrationConfig(AppConfig):
     name = "orchestration"
     verbose_name = "Orchestration"
     default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        from orchestration.api import fleet_auth  # noqa: F401  (OpenAPI auth extensions)

@@ -45,3 +45,19 @@ def tenant_b(db) -> Tenant:
 @pytest.fixture
 def anonymous_client() -> APIClient:
     return APIClient()
+
+
+@pytest.fixture(autouse=True)
+def fresh_live_configuration():
+    """Each test reads the live configuration anew (it is cached per process otherwise)."""
+    from orchestration.services.config import config_cache_clear
+
+    config_cache_clear()
+    yield
+    config_cache_clear()
+
+
+@pytest.fixture(autouse=True)
+def no_background_node(settings):
+    """The test process is not a fleet node; worker processes started by tests are."""
+    settings.NODE_AUTOREGISTER = False

@@ -146,6 +146,10 @@ CELERY_TIMEZONE = "UTC"
 # --- Orchestrator identity -----------------------------------------------------
 ORCHESTRATOR_NODE_ID = env_str("ORCHESTRATOR_NODE_ID", f"{socket.gethostname()}-{os.getpid()}")
 ORCHESTRATOR_REGION = env_str("ORCHESTRATOR_REGION", "local")
+# Shared secret with which remote nodes call the fleet endpoints ("node_..." bearer token).
+ORCHESTRATOR_NODE_TOKEN = env_str("ORCHESTRATOR_NODE_TOKEN", "")
+# Register this process as a node and heartbeat in the background (off in tests).
+NODE_AUTOREGISTER = env_bool("NODE_AUTOREGISTER", default=True)
 # Absolute base URL of this API as remote agents reach it (run callbacks).
 PUBLIC_BASE_URL = env_str("PUBLIC_BASE_URL", "http://127.0.0.1:8000")
 # How long a claimed run belongs to its node without a heartbeat extending it.

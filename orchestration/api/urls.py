@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from django.urls import path
+from django.urls import include, path
 from rest_framework.routers import SimpleRouter
 
 from orchestration.api.circuits import CircuitForceView, CircuitListView
@@ -17,5 +17,7 @@ urlpatterns = [
         CircuitForceView.as_view(),
         name="circuit-force",
     ),
+    path("orchestration/", include("orchestration.api.nodes_urls")),
+    path("orchestration/", include("orchestration.api.fleet_urls")),
     *router.urls,
 ]

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from agents.models import Agent
 from orchestration import bus
 from orchestration.choices import EventType
-from orchestration.policies import CircuitSnapshot, CircuitState, agent_policy, policy_store
+from orchestration.policies import CircuitSnapshot, CircuitState, policy_store
+from orchestration.services.config import agent_policy_live
 from orchestration.services.resolution import agent_effective_config
 
 
@@ -22,7 +23,7 @@ def circuit_list(*, agents) -> list[AgentCircuit]:
     store = policy_store()
     result = []
     for agent in agents:
-        policy = agent_policy(agent_effective_config(agent))
+        policy = agent_policy_live(agent_effective_config(agent))
         result.append(
             AgentCircuit(
                 agent=agent,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from django.conf import settings
 from django.db import transaction
 
-from orchestration.policies import agent_policy
+from orchestration.services.config import agent_policy_live
 from orchestration.services.resolution import (
     agent_effective_config,
 )
@@ -20,7 +20,7 @@ def run_enqueue(run: AgentRun, *, total_timeout_s: float | None = None) -> None:
     stuck in C code cannot hold a worker process forever.
     """
     if total_timeout_s is None:
-        total_timeout_s = agent_policy(agent_effective_config(run.agent)).total_timeout_s
+        total_timeout_s = agent_policy_live(agent_effective_config(run.agent)).total_timeout_s
     run_id = str(run.pk)
     options = {
         "queue": settings.RUN_DEFAULT_QUEUE,

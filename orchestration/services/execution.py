@@ -18,7 +18,8 @@ from django.utils import timezone
 from agents.handlers import HandlerRequest, registry
 from orchestration import bus
 from orchestration.choices import EventType
-from orchestration.policies import CircuitState, agent_policy, policy_store
+from orchestration.policies import CircuitState, policy_store
+from orchestration.services.config import agent_policy_live
 from orchestration.services.executor import Invocation, handler_invoke
 from orchestration.services.resolution import (
     agent_effective_config,
@@ -54,7 +55,7 @@ def run_execute(*, run: AgentRun, config: dict | None = None, node_id: str | Non
     agent = run.agent
     if config is None:
         config = agent_effective_config(agent)
-    policy = agent_policy(config)
+    policy = agent_policy_live(config)
     queue_wait_ms = None
     if (run.meta or {}).get("mode") == RunMode.ASYNC and run.queued_at:
         queue_wait_ms = max(0, int((run.started_at - run.queued_at).total_seconds() * 1000))

@@ -19,7 +19,8 @@ from agents.principal import Principal
 from orchestration import bus
 from orchestration.choices import EventType
 from orchestration.errors import OrchestrationError
-from orchestration.policies import agent_policy, policy_store
+from orchestration.policies import policy_store
+from orchestration.services.config import agent_policy_live
 from orchestration.services.dispatch import run_enqueue
 from orchestration.services.envelope import failure_envelope, run_envelope
 from orchestration.services.execution import run_execute
@@ -102,7 +103,7 @@ def orchestrate(command: OrchestrateCommand, principal: Principal) -> Orchestrat
             return _replay(existing, fingerprint, agent.name, command)
 
     config = agent_effective_config(agent)
-    policy = agent_policy(config)
+    policy = agent_policy_live(config)
     decision = policy_store().rate_limit(
         keys=[
             ("organization", f"rl:{organization.pk}:{agent.pk}"),
