@@ -17,7 +17,7 @@ from rest_framework.permissions import SAFE_METHODS, BasePermission
 
 from agents.authentication import ApiKeyAuthentication
 
-NODE_TOKEN_PREFIX = "node_"
+NODE_TOKEN_PREFIX = "node_"  # noqa: S105 (a marker, not a secret)
 
 
 @dataclass(frozen=True)
