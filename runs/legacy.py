@@ -133,7 +133,7 @@ def agent_jobs_migrate(
         jobs = jobs.filter(organization=organization)
 
     with transaction.atomic():
-        if not dry_run:
+        if not dry_run and connection.vendor == "postgresql":
             # Two migrations at once would both read "not migrated yet" and both insert:
             # the second waits here until the first commits, then sees its runs.
             with connection.cursor() as cursor:

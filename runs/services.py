@@ -9,7 +9,6 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.core.cache import cache
-from django.db import transaction
 from django.utils import timezone
 
 from runs.choices import ACTIVE_RUN_STATES, RunStatus
@@ -20,10 +19,6 @@ CANCEL_FLAG_TTL = 24 * 3600
 
 class RunNotActive(Exception):
     """The run already ended; it cannot be cancelled."""
-
-
-class RunNotRetryable(Exception):
-    """Only ended runs can be retried."""
 
 
 def canonical_json(value: Any) -> str:
@@ -172,23 +167,3 @@ def run_cancel(*, run: AgentRun) -> AgentRun:
     if run.status not in ACTIVE_RUN_STATES and run.cancel_requested_at is None:
         raise RunNotActive(f"run {run.pk} already ended with status {run.status}")
     return run
-
-
-@transaction.atomic
-def run_retry(*, run: AgentRun, user=None, mode: str = "async") -> AgentRun:
-    """A new run with the same request, linked to the original."""
-    if run.status in ACTIVE_RUN_STATES:
-        raise RunNotRetryable(f"run {run.pk} is still {run.status}")
-    meta = {k: v for k, v in (run.meta or {}).items() if k in {"context", "principal"}}
-    return run_create(
-        organization=run.organization,
-        agent=run.agent,
-        intent=run.intent,
-        input=run.input,
-        mode=mode,
-        user=user,
-        dataset=run.dataset,
-        objective=run.objective,
-        meta=meta,
-        retry_of=run,
-    )

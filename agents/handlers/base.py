@@ -10,6 +10,8 @@ class HandlerError(Exception):
     """A handler failure with a message fit for the run record."""
 
     retryable: ClassVar[bool] = False
+    # Whether the failure says something about the agent's health (and so feeds its circuit).
+    counts_for_circuit: ClassVar[bool] = True
 
     def __init__(self, message: str, *, details: Any = None) -> None:
         super().__init__(message)
@@ -23,7 +25,14 @@ class RetryableError(HandlerError):
 
 
 class PermanentHandlerError(HandlerError):
-    """A failure that another attempt cannot fix (bad input, a 4xx from a remote agent)."""
+    """A failure that another attempt cannot fix (bad input, a 4xx from a remote agent).
+
+    It is the request's fault, not the agent's, so it does not count against the circuit
+    (Resilience4j calls these ignored exceptions): three malformed requests must not
+    shut an agent off for everyone.
+    """
+
+    counts_for_circuit = False
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,9 @@
 """The original system's definitions that never had a handler.
 
 They are declared so every organization is seeded with the full catalog of ten
-agents; with no handler key they stay DRAFT and answer AGENT_NOT_REGISTERED until
-someone writes their code (or points them at a remote HTTP agent).
+agents; with no handler key they are seeded DRAFT (requests answer AGENT_DISABLED) and,
+if an admin activates one before it has a handler, AGENT_NOT_REGISTERED, until someone
+writes their code or points them at a remote HTTP agent.
 """
 
 from __future__ import annotations

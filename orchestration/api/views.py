@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-from django.db import transaction
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import status
 from rest_framework.decorators import action
@@ -13,12 +12,12 @@ from orchestration.api.serializers import (
     OrchestrateRequestSerializer,
     OrchestrateResponseSerializer,
 )
-from orchestration.services.dispatch import run_enqueue
-from orchestration.services.envelope import failure_envelope, run_envelope
+from orchestration.services.envelope import failure_envelope
 from orchestration.services.orchestrator import OrchestrateCommand, orchestrate
 from runs import services as run_services
 from runs.api.serializers import RunDetailSerializer
 from runs.api.views import RunViewSet as RunReadViewSet
+from runs.choices import ACTIVE_RUN_STATES, RunMode
 
 IDEMPOTENCY_KEY_MAX = 255
 
@@ -99,13 +98,24 @@ class RunViewSet(RunReadViewSet):
     @extend_schema(request=None, responses={202: OrchestrateResponseSerializer})
     @action(detail=True, methods=["post"])
     def retry(self, request, pk=None):
+        """A new run of the same request, linked to this one and policed like any other."""
         original = self.get_object()
-        try:
-            with transaction.atomic():
-                run = run_services.run_retry(run=original, user=request.auth.user)
-                run_enqueue(run)
-        except run_services.RunNotRetryable as exc:
-            raise ApiError("RUN_NOT_ACTIVE", str(exc), http_status=409) from exc
-        code, body = run_envelope(run, agent_name=original.agent.name, accepted=True)
-        body["retryOf"] = str(original.pk)
-        return Response(body, status=code)
+        if original.status in ACTIVE_RUN_STATES:
+            raise ApiError(
+                "RUN_NOT_FINISHED",
+                f"Run {original.pk} is still {original.status}; only ended runs are retried.",
+                http_status=409,
+            )
+        command = OrchestrateCommand(
+            intent=original.intent,
+            agent=original.agent.slug,
+            payload=original.input,
+            context=(original.meta or {}).get("context") or {},
+            mode=RunMode.ASYNC,
+            dataset_id=str(original.dataset_id) if original.dataset_id else None,
+            objective=original.objective,
+            retry_of=original,
+        )
+        result = orchestrate(command, request.auth)
+        body = {**result.body, "retryOf": str(original.pk)}
+        return Response(body, status=result.http_status, headers=result.headers)

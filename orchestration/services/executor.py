@@ -136,6 +136,7 @@ def handler_invoke(
             _call_in_thread, handler, dataclasses.replace(request, attempt=attempt), ctx
         )
         retryable = False
+        counts = True  # whether this outcome feeds the circuit
         try:
             output = future.result(timeout=budget)
         except FutureTimeout:
@@ -154,6 +155,7 @@ def handler_invoke(
             result.error_message = str(exc) or type(exc).__name__
             result.error_details = exc.details
             success = False
+            counts = exc.counts_for_circuit
         except Exception as exc:
             logger.warning("handler %s raised %s", agent_key, exc, exc_info=True)
             result.error_code = "AGENT_EXECUTION_FAILED"
@@ -169,7 +171,8 @@ def handler_invoke(
             agent_key=agent_key,
             settings=policy.circuit,
             permit=permit,
-            success=success and not slow,
+            # An ignored failure (the request's fault) is the agent answering properly.
+            success=(success or not counts) and not slow,
         )
         if transition:
             result.circuit_transitions.append(transition)

@@ -46,6 +46,7 @@ class OrchestrateCommand:
     dataset_id: str | None = None
     objective: str = ""
     idempotency_key: str | None = None
+    retry_of: AgentRun | None = None
 
 
 @dataclass
@@ -158,6 +159,7 @@ def orchestrate(command: OrchestrateCommand, principal: Principal) -> Orchestrat
                 objective=command.objective,
                 meta=meta,
                 idempotency_key=command.idempotency_key,
+                retry_of=command.retry_of,
                 request_fingerprint=fingerprint,
             )
             if command.mode == RunMode.ASYNC:

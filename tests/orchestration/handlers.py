@@ -5,7 +5,12 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 
-from agents.handlers.base import AgentHandler, PermanentHandlerError, RetryableError
+from agents.handlers.base import (
+    AgentHandler,
+    HandlerError,
+    PermanentHandlerError,
+    RetryableError,
+)
 from agents.handlers.registry import register
 
 CALLS: dict[str, int] = defaultdict(int)
@@ -34,7 +39,8 @@ class FailHandler(AgentHandler):
     def handle(self, request, ctx):
         CALLS[request.run_id] += 1
         ctx.metric("tokens_in", 1)
-        raise PermanentHandlerError("the model refused", details={"reason": "test"})
+        # A failure of the agent itself: not retried, but it counts against the circuit.
+        raise HandlerError("the model refused", details={"reason": "test"})
 
 
 @register
@@ -80,3 +86,13 @@ class WaitForCancelHandler(AgentHandler):
                 raise PermanentHandlerError("stopped: cancelled")
             time.sleep(0.02)
         return {"cancelled": False}
+
+
+@register
+class BadInputHandler(AgentHandler):
+    """Refuses every payload as invalid: the request's fault, not the agent's."""
+
+    key = "test-bad-input"
+
+    def handle(self, request, ctx):
+        raise PermanentHandlerError("payload.text is required")

@@ -98,3 +98,13 @@ def test_agent_admin_shows_the_circuit_and_forces_it(admin_client, tenant_a, mak
     )
     page = admin_client.get(f"/admin/agents/agent/{agent.pk}/change/")
     assert b"FORCED_OPEN" in page.content
+
+
+def test_bad_input_failures_do_not_open_the_circuit(tenant_a, make_agent):
+    make_agent("Picky", "test-bad-input", intents=["picky"])
+    for _ in range(5):
+        response = orchestrate(tenant_a, "picky")
+        assert response.status_code == 502
+        assert response.json()["error"]["code"] == "AGENT_EXECUTION_FAILED"
+    circuits = tenant_a.client.get("/api/orchestration/circuits").json()["circuits"]
+    assert circuits[0]["state"] == "CLOSED"
