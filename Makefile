@@ -21,13 +21,14 @@ export DATABASE_URL REDIS_URL CELERY_BROKER_URL
 # The embedded mode: whatever the shell exports, no external database, cache or broker.
 EMBEDDED := env -u DATABASE_URL -u REDIS_URL -u CELERY_BROKER_URL
 
-.PHONY: help venv run test lint lock
+.PHONY: help venv run test lint lock bench
 
 help:
 	@echo "make run    create .venv, migrate the embedded SQLite database, seed demo data,"
 	@echo "            serve http://127.0.0.1:8000 (admin /admin/, API docs /api/docs/)"
 	@echo "make test   run the test suite against PostgreSQL and Redis"
 	@echo "            (DATABASE_URL=$(DATABASE_URL) REDIS_URL=$(REDIS_URL))"
+	@echo "make bench  benchmarks against their baselines (docs/PERFORMANCE.md)"
 	@echo "make lint   ruff check"
 	@echo "make lock   regenerate constraints.txt from the installed packages"
 
@@ -49,6 +50,10 @@ run: venv
 
 test: venv
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+# Benchmarks (not tests): baselines and our code in the same run; see docs/PERFORMANCE.md.
+bench: venv
+	$(VENV)/bin/python -m bench.policies --url $(REDIS_URL) --reps 5 --calls 2000
 
 lint: venv
 	$(VENV)/bin/ruff check .

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.contrib.admin.views.main import ChangeList
 from django.http import HttpRequest
 from django.utils import timezone
@@ -12,8 +12,15 @@ from django.utils import timezone
 from agents.admin import AgentAdmin
 from agents.models import Agent
 from orchestration.models import OrchestratorConfigRevision, OrchestratorEvent, OrchestratorNode
-from orchestration.policies import CircuitState, policy_store
+from orchestration.policies import CircuitState, PolicyStoreUnavailable, policy_store
 from orchestration.services.circuits import circuit_force, circuit_list
+from orchestration.services.nodes import (
+    NodeNotFound,
+    NodeStateConflict,
+    node_drain,
+    node_unregister,
+)
+from orchestration.services.reaper import node_failover
 from runs.admin import (
     TIMESTAMPS,
     LargeTablePaginator,
@@ -48,12 +55,59 @@ class OrchestratorNodeAdmin(admin.ModelAdmin):
     list_filter = ("status", "region")
     search_fields = ("node_id", "endpoint", "version")
     readonly_fields = ("registered_at", "last_heartbeat_at", *TIMESTAMPS)
+    actions = ("drain_nodes", "fail_over_nodes", "remove_nodes")
 
     def has_add_permission(self, request: HttpRequest, obj=None) -> bool:
         return False
 
     def has_change_permission(self, request: HttpRequest, obj=None) -> bool:
         return False
+
+    def has_operate_permission(self, request: HttpRequest) -> bool:
+        """The actions: staff who may see nodes may steer them (the rows stay read-only)."""
+        return request.user.is_staff and self.has_view_permission(request)
+
+    def _each_node(self, request: HttpRequest, queryset, action, verb: str) -> None:
+        done, refused = [], []
+        for node_id in queryset.values_list("node_id", flat=True):
+            try:
+                action(node_id)
+            except (NodeNotFound, NodeStateConflict) as exc:
+                refused.append(str(exc))
+            else:
+                done.append(node_id)
+        if done:
+            self.message_user(request, f"{verb} {len(done)} node(s): {', '.join(done)}.")
+        for reason in refused:
+            self.message_user(request, reason, level=messages.WARNING)
+
+    @admin.action(description="Drain (take no new work)", permissions=["operate"])
+    def drain_nodes(self, request: HttpRequest, queryset) -> None:
+        self._each_node(request, queryset, lambda node_id: node_drain(node_id=node_id), "Drained")
+
+    @admin.action(
+        description="Fail over (move their runs to a backup node)", permissions=["operate"]
+    )
+    def fail_over_nodes(self, request: HttpRequest, queryset) -> None:
+        actor = f"admin:{request.user.pk}"
+        results = []
+
+        def fail_over(node_id: str) -> None:
+            results.append(node_failover(node_id=node_id, reason=f"requested by {actor}"))
+
+        self._each_node(request, queryset, fail_over, "Failed over")
+        for result in results:
+            self.message_user(request, result.message)
+
+    @admin.action(description="Remove (unregister: OFFLINE)", permissions=["operate"])
+    def remove_nodes(self, request: HttpRequest, queryset) -> None:
+        actor = f"admin:{request.user.pk}"
+        self._each_node(
+            request,
+            queryset,
+            lambda node_id: node_unregister(node_id=node_id, reason=f"removed by {actor}"),
+            "Removed",
+        )
 
     @admin.display(description="heartbeat age", ordering="-last_heartbeat_at")
     def heartbeat_age(self, obj: OrchestratorNode) -> str:
@@ -145,8 +199,14 @@ class AgentWithCircuitAdmin(AgentAdmin):
         return " · ".join(parts)
 
     def _force(self, request: HttpRequest, queryset, state: str | None, verb: str) -> None:
-        for agent in queryset.select_related("organization"):
-            circuit_force(agent=agent, state=state, actor=f"admin:{request.user.pk}")
+        try:
+            for agent in queryset.select_related("organization"):
+                circuit_force(agent=agent, state=state, actor=f"admin:{request.user.pk}")
+        except PolicyStoreUnavailable as exc:
+            self.message_user(
+                request, f"The policy store is unreachable; nothing changed: {exc}", messages.ERROR
+            )
+            return
         self.message_user(request, f"{verb} the circuit of {queryset.count()} agent(s).")
 
     @admin.action(description="Force circuit OPEN (reject all calls)")

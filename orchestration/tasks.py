@@ -7,6 +7,7 @@ import logging
 from celery import shared_task
 from django.conf import settings
 
+from orchestration.services import reaper
 from orchestration.services.execution import run_execute
 from runs.choices import RunStatus
 from runs.models import AgentRun
@@ -34,3 +35,30 @@ def execute_run(run_id: str) -> str:
         return f"skipped:{run.status}"
     executed = run_execute(run=run, node_id=settings.ORCHESTRATOR_NODE_ID)
     return run.status if executed else "not-claimed"
+
+
+# The fleet's housekeeping, run by Celery beat every heartbeat interval (settings
+# CELERY_BEAT_SCHEDULE); `python manage.py reap` does the same without beat. The
+# reaper needs execute_run and these tasks need the reaper: the two import each other
+# as modules, never names, so either may be imported first.
+
+
+@shared_task(name="orchestration.node_sweep", ignore_result=True)
+def node_sweep() -> dict:
+    result = reaper.node_sweep()
+    return {
+        "unhealthy": result.unhealthy,
+        "failed": result.failed,
+        "reassignedRuns": sum(f.reassigned_runs for f in result.failovers),
+    }
+
+
+@shared_task(name="orchestration.runs_reap", ignore_result=True)
+def runs_reap() -> dict:
+    result = reaper.runs_reap()
+    return {
+        "requeuedRunning": len(result.requeued_running),
+        "failedRunning": len(result.failed_running),
+        "requeuedPending": len(result.requeued_pending),
+        "failedPending": len(result.failed_pending),
+    }

@@ -87,6 +87,38 @@ class AgentRun(BaseModel):
             ),
             # GET /api/runs/: one organization's runs, newest first (cursor pagination).
             models.Index(fields=["organization", "-created_at"], name="run_org_created_idx"),
+            # Fleet-wide time windows: GET /api/orchestration/metrics (runs of the last hour
+            # and 24 h) and scaling_evaluate (request rate of the last minute, p95).
+            models.Index(fields=["created_at"], name="run_created_idx"),
+            # The few non-terminal runs, fleet-wide: backlog and active counts (metrics,
+            # scaling), runs stuck past their lease (health). Partial, so it stays small.
+            models.Index(
+                fields=["status", "created_at"],
+                condition=models.Q(status__in=[RunStatus.PENDING, RunStatus.RUNNING]),
+                name="run_active_status_idx",
+            ),
+            # A node's recently finished runs: the latency estimate of POST route.
+            models.Index(fields=["node_id", "completed_at"], name="run_node_completed_idx"),
+            # A node's in-flight runs: node_heartbeat extends their leases, the node
+            # runtime counts them (its active runs), node_failover moves them. Partial, so
+            # it holds only the few active rows, never the history.
+            models.Index(
+                fields=["node_id", "status"],
+                condition=models.Q(status__in=[RunStatus.PENDING, RunStatus.RUNNING]),
+                name="run_active_node_idx",
+            ),
+            # runs_reap: RUNNING runs whose lease ran out (their node stopped heartbeating).
+            models.Index(
+                fields=["lease_expires_at"],
+                condition=models.Q(status=RunStatus.RUNNING),
+                name="run_running_lease_idx",
+            ),
+            # runs_reap: PENDING runs nobody picked up within pending_timeout_s.
+            models.Index(
+                fields=["queued_at"],
+                condition=models.Q(status=RunStatus.PENDING),
+                name="run_pending_queued_idx",
+            ),
         ]
 
     def __str__(self) -> str:

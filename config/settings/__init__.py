@@ -142,6 +142,21 @@ CELERY_TASK_DEFAULT_QUEUE = env_str("CELERY_TASK_DEFAULT_QUEUE", "default")
 RUN_DEFAULT_QUEUE = env_str("RUN_DEFAULT_QUEUE", CELERY_TASK_DEFAULT_QUEUE)
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TIMEZONE = "UTC"
+# The fleet's housekeeping (docs/FLEET.md), every default heartbeat interval (5 s). A
+# pass that waited longer than one interval in the queue is dropped: the next one does
+# the same work with fresher data.
+CELERY_BEAT_SCHEDULE = {
+    "node-sweep": {
+        "task": "orchestration.node_sweep",
+        "schedule": 5.0,
+        "options": {"expires": 5.0},
+    },
+    "runs-reap": {
+        "task": "orchestration.runs_reap",
+        "schedule": 5.0,
+        "options": {"expires": 5.0},
+    },
+}
 
 # --- Orchestrator identity -----------------------------------------------------
 ORCHESTRATOR_NODE_ID = env_str("ORCHESTRATOR_NODE_ID", f"{socket.gethostname()}-{os.getpid()}")

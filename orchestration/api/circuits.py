@@ -14,7 +14,7 @@ from agents.api.base import scope_to_organization
 from agents.choices import Scope
 from agents.models import Agent
 from config.exceptions import ApiError
-from orchestration.policies import policy_store
+from orchestration.policies import PolicyStoreUnavailable, policy_store
 from orchestration.services.circuits import AgentCircuit, circuit_force, circuit_list
 
 
@@ -106,6 +106,14 @@ class CircuitForceView(APIView):
         if found is None:
             raise ApiError("NOT_FOUND", "Not found.", http_status=404)
         actor = request.auth.key
-        circuit_force(agent=found, state=serializer.validated_data["state"], actor=actor)
+        try:
+            circuit_force(agent=found, state=serializer.validated_data["state"], actor=actor)
+        except PolicyStoreUnavailable as exc:
+            raise ApiError(
+                "SERVICE_UNAVAILABLE",
+                f"The shared policy store is unreachable; the circuit was not changed ({exc}).",
+                http_status=503,
+                headers={"Retry-After": "5"},
+            ) from exc
         item = circuit_list(agents=[found])[0]
         return Response(circuit_wire(item))

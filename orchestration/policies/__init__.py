@@ -4,18 +4,41 @@ from __future__ import annotations
 
 import threading
 
+# Not imported as ``settings``: that name is this package's submodule (settings.py).
+from django.conf import settings as django_settings
+from django.core.exceptions import ImproperlyConfigured
+
 from orchestration.policies.base import (
     CircuitPermit,
     CircuitSnapshot,
     CircuitState,
     PolicyStore,
+    PolicyStoreUnavailable,
     RateDecision,
 )
 from orchestration.policies.local import LocalPolicyStore
+from orchestration.policies.redis_store import FAIL_MODES, RedisPolicyStore
 from orchestration.policies.settings import AgentPolicy, agent_policy
 
 _store: PolicyStore | None = None
 _store_lock = threading.Lock()
+
+
+def policy_store_from_settings() -> PolicyStore:
+    """Redis when configured (shared by every process), else process-local.
+
+    POLICY_REDIS_URL, when defined, wins over REDIS_URL; defining it empty keeps the policies
+    process-local even though Redis serves the cache and the broker.
+    """
+    url = getattr(django_settings, "POLICY_REDIS_URL", None)
+    if url is None:
+        url = getattr(django_settings, "REDIS_URL", None)
+    if url:
+        fail_mode = getattr(django_settings, "POLICY_FAIL_MODE", "open")
+        if fail_mode not in FAIL_MODES:
+            raise ImproperlyConfigured(f"POLICY_FAIL_MODE must be one of {FAIL_MODES}")
+        return RedisPolicyStore(url, fail_mode=fail_mode)
+    return LocalPolicyStore()
 
 
 def policy_store() -> PolicyStore:
@@ -24,7 +47,7 @@ def policy_store() -> PolicyStore:
     if _store is None:
         with _store_lock:
             if _store is None:
-                _store = LocalPolicyStore()
+                _store = policy_store_from_settings()
     return _store
 
 
@@ -42,8 +65,11 @@ __all__ = [
     "CircuitState",
     "LocalPolicyStore",
     "PolicyStore",
+    "PolicyStoreUnavailable",
     "RateDecision",
+    "RedisPolicyStore",
     "agent_policy",
     "policy_store",
+    "policy_store_from_settings",
     "policy_store_reset",
 ]

@@ -19,6 +19,17 @@ class CircuitState:
     HALF_OPEN = "HALF_OPEN"
     FORCED_OPEN = "FORCED_OPEN"
     FORCED_CLOSED = "FORCED_CLOSED"
+    # Only when the shared store cannot be reached: the fail-open permit does not know the
+    # state, the fail-closed one refuses because it cannot know it.
+    UNKNOWN = "UNKNOWN"
+    UNAVAILABLE = "UNAVAILABLE"
+
+
+class PolicyStoreUnavailable(RuntimeError):
+    """An operator's command (forcing a circuit) could not reach the shared store.
+
+    Decisions never raise it: they answer with the configured fail mode instead.
+    """
 
 
 @dataclass(frozen=True)
@@ -28,6 +39,9 @@ class RateDecision:
     remaining: int
     retry_after_s: float = 0.0
     scope: str = ""  # which key refused: "organization" or "principal"
+    # True for at most one refusal per key per 10 s: the caller publishes "rate.limited"
+    # only then, so an attack cannot flood the event table (the counter counts them all).
+    sample_event: bool = False
 
 
 @dataclass(frozen=True)
@@ -37,6 +51,7 @@ class CircuitPermit:
     retry_after_s: float = 0.0
     probe: bool = False  # a HALF_OPEN probe reservation that record() must release
     transition: str | None = None  # e.g. OPEN -> HALF_OPEN happened on this call
+    probe_id: str = ""  # which reservation record() releases (probes only)
 
 
 @dataclass(frozen=True)
@@ -54,10 +69,24 @@ class CircuitSnapshot:
 class PolicyStore(Protocol):
     backend: str
     shared: bool  # True when every process sees the same state
+    healthy: bool  # False while the shared store cannot be reached (decisions use the fail mode)
+    last_error: str | None
 
-    def rate_limit(self, *, keys: list[tuple[str, str]], limit: RateLimit) -> RateDecision: ...
+    def rate_limit(self, *, keys: list[tuple[str, str]], limit: RateLimit) -> RateDecision:
+        """Admit one request against every key, or none. Keys end with ":<agent key>"."""
+        ...
 
-    def circuit_acquire(self, *, agent_key: str, settings: CircuitSettings) -> CircuitPermit: ...
+    def rate_rejections(self, *, agent_key: str) -> dict[str, int]:
+        """How many requests to this agent were refused, per scope."""
+        ...
+
+    def circuit_acquire(
+        self, *, agent_key: str, settings: CircuitSettings, probe_ttl_s: float | None = None
+    ) -> CircuitPermit:
+        """May this call go ahead? A HALF_OPEN probe holds a reservation for ``probe_ttl_s``
+        (default: wait_in_open_s); record() releases it, expiry frees it if record never comes.
+        """
+        ...
 
     def circuit_record(
         self, *, agent_key: str, settings: CircuitSettings, permit: CircuitPermit, success: bool

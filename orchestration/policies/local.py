@@ -1,12 +1,14 @@
 """Process-local policy state: the embedded default. Correct in ONE process only.
 
 Several API processes or workers each keep their own counters and circuits here,
-which is why production configures REDIS_URL (see orchestration/policies/redis_store.py
-once present) and health reports this store as single-process.
+which is why production configures REDIS_URL (orchestration/policies/redis_store.py)
+and health reports this store as single-process. Its semantics are those of the
+Redis store, step for step (tests/orchestration/test_policy_model.py checks it).
 """
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from collections import deque
@@ -15,6 +17,14 @@ from dataclasses import dataclass, field
 from orchestration.policies.base import CircuitPermit, CircuitSnapshot, CircuitState, RateDecision
 from orchestration.policies.settings import CircuitSettings, RateLimit
 
+# One "rate.limited" event per key per this many seconds (the Redis store's SET PX NX).
+SAMPLE_PERIOD_S = 10.0
+
+
+def agent_of(key: str) -> str:
+    """Rate-limit keys end with the agent (``rl:<org or principal>:<agent>``)."""
+    return key.rsplit(":", 1)[-1]
+
 
 @dataclass
 class _Circuit:
@@ -22,43 +32,78 @@ class _Circuit:
     consecutive_failures: int = 0
     window: deque = field(default_factory=deque)  # recent outcomes, True = failure
     opened_at: float | None = None
-    probes_in_flight: int = 0
+    wait_s: float | None = None  # the wait_in_open in force when it opened, for snapshots
+    probes: dict[str, float] = field(default_factory=dict)  # reservation id -> expiry
     forced: str | None = None
+
+    def live_probes(self, now: float) -> int:
+        return sum(1 for expiry in self.probes.values() if expiry > now)
 
 
 class LocalPolicyStore:
     backend = "local"
     shared = False
+    healthy = True  # nothing to reach
+    last_error: str | None = None
 
-    def __init__(self, clock=time.monotonic) -> None:
+    def __init__(self, clock=time.time) -> None:
+        # Wall-clock seconds, like the Redis store's TIME: snapshots report epoch times
+        # (opened_at, next_probe_at) that the API shows as dates.
         self._clock = clock
         self._lock = threading.Lock()
         self._hits: dict[str, deque] = {}
+        self._samples: dict[str, float] = {}  # key -> end of its sampling period
+        self._rejections: dict[str, dict[str, int]] = {}
         self._circuits: dict[str, _Circuit] = {}
+        self._probe_ids = itertools.count(1)
 
     # --- rate limit: sliding window log ---------------------------------------------------
     def rate_limit(self, *, keys: list[tuple[str, str]], limit: RateLimit) -> RateDecision:
         now = self._clock()
         with self._lock:
             logs = []
+            worst_wait, worst = -1.0, None
             for scope, key in keys:
                 log = self._hits.setdefault(key, deque())
                 while log and log[0] <= now - limit.window_s:
                     log.popleft()
                 if len(log) >= limit.limit:
-                    retry_after = log[0] + limit.window_s - now if log else limit.window_s
-                    return RateDecision(False, limit.limit, 0, max(retry_after, 0.001), scope)
+                    # Admission needs len - limit + 1 entries to leave the window; every full
+                    # key must have room, so the answer is the longest wait among them.
+                    wait = limit.window_s
+                    if limit.limit > 0:
+                        wait = log[len(log) - limit.limit] + limit.window_s - now
+                    if wait > worst_wait:
+                        worst_wait, worst = wait, (scope, key)
                 logs.append(log)
+            if worst is not None:
+                scope, key = worst
+                counts = self._rejections.setdefault(agent_of(key), {})
+                counts[scope] = counts.get(scope, 0) + 1
+                sampled = self._samples.get(key, 0.0) <= now
+                if sampled:
+                    self._samples[key] = now + SAMPLE_PERIOD_S
+                    if len(self._samples) > 10_000:
+                        self._samples = {k: t for k, t in self._samples.items() if t > now}
+                return RateDecision(
+                    False, limit.limit, 0, max(worst_wait, 0.001), scope, sample_event=sampled
+                )
             for log in logs:
                 log.append(now)
             remaining = min(limit.limit - len(log) for log in logs) if logs else limit.limit
             return RateDecision(True, limit.limit, remaining)
 
+    def rate_rejections(self, *, agent_key: str) -> dict[str, int]:
+        with self._lock:
+            return dict(self._rejections.get(agent_key, {}))
+
     # --- circuit breaker -----------------------------------------------------------------------
     def _circuit(self, agent_key: str) -> _Circuit:
         return self._circuits.setdefault(agent_key, _Circuit())
 
-    def circuit_acquire(self, *, agent_key: str, settings: CircuitSettings) -> CircuitPermit:
+    def circuit_acquire(
+        self, *, agent_key: str, settings: CircuitSettings, probe_ttl_s: float | None = None
+    ) -> CircuitPermit:
         now = self._clock()
         with self._lock:
             c = self._circuit(agent_key)
@@ -68,23 +113,32 @@ class LocalPolicyStore:
                 return CircuitPermit(True, CircuitState.FORCED_CLOSED)
             transition = None
             if c.state == CircuitState.OPEN:
-                wait_left = c.opened_at + settings.wait_in_open_s - now
+                wait_left = (c.opened_at or 0.0) + settings.wait_in_open_s - now
                 if wait_left > 0:
                     return CircuitPermit(False, CircuitState.OPEN, wait_left)
                 c.state = CircuitState.HALF_OPEN
-                c.probes_in_flight = 0
+                c.probes.clear()
                 transition = CircuitState.HALF_OPEN
             if c.state == CircuitState.HALF_OPEN:
-                if c.probes_in_flight >= settings.permitted_probes:
+                # Reservations expire so that a probe that never reports cannot keep the
+                # circuit half open forever.
+                c.probes = {pid: t for pid, t in c.probes.items() if t > now}
+                if len(c.probes) >= settings.permitted_probes:
                     return CircuitPermit(
                         False,
                         CircuitState.HALF_OPEN,
                         settings.wait_in_open_s,
                         transition=transition,
                     )
-                c.probes_in_flight += 1
+                probe_id = str(next(self._probe_ids))
+                ttl = settings.wait_in_open_s if probe_ttl_s is None else probe_ttl_s
+                c.probes[probe_id] = now + ttl
                 return CircuitPermit(
-                    True, CircuitState.HALF_OPEN, probe=True, transition=transition
+                    True,
+                    CircuitState.HALF_OPEN,
+                    probe=True,
+                    transition=transition,
+                    probe_id=probe_id,
                 )
             return CircuitPermit(True, CircuitState.CLOSED)
 
@@ -97,13 +151,14 @@ class LocalPolicyStore:
             if c.forced is not None:
                 return None
             if permit.probe:
-                c.probes_in_flight = max(0, c.probes_in_flight - 1)
-                if c.state != CircuitState.HALF_OPEN:
+                # A probe counts only while its reservation is live (see redis_store).
+                expiry = c.probes.pop(permit.probe_id, None)
+                if expiry is None or expiry <= now or c.state != CircuitState.HALF_OPEN:
                     return None
                 if success:
                     self._reset(c)
                     return CircuitState.CLOSED
-                return self._open(c, now)
+                return self._open(c, now, settings)
             if c.state != CircuitState.CLOSED:
                 return None  # an outcome from before the circuit opened
             c.window.append(not success)
@@ -111,11 +166,11 @@ class LocalPolicyStore:
                 c.window.popleft()
             c.consecutive_failures = 0 if success else c.consecutive_failures + 1
             if c.consecutive_failures >= settings.failure_threshold:
-                return self._open(c, now)
+                return self._open(c, now, settings)
             if len(c.window) >= settings.minimum_calls:
                 rate = 100.0 * sum(c.window) / len(c.window)
                 if rate >= settings.failure_rate_threshold:
-                    return self._open(c, now)
+                    return self._open(c, now, settings)
             return None
 
     @staticmethod
@@ -124,20 +179,26 @@ class LocalPolicyStore:
         c.consecutive_failures = 0
         c.window.clear()
         c.opened_at = None
-        c.probes_in_flight = 0
+        c.wait_s = None
+        c.probes.clear()
 
     @staticmethod
-    def _open(c: _Circuit, now: float) -> str:
+    def _open(c: _Circuit, now: float, settings: CircuitSettings) -> str:
         c.state = CircuitState.OPEN
         c.opened_at = now
-        c.probes_in_flight = 0
+        c.wait_s = settings.wait_in_open_s
+        c.probes.clear()
         c.consecutive_failures = 0
         c.window.clear()
         return CircuitState.OPEN
 
     def circuit_snapshot(self, *, agent_key: str) -> CircuitSnapshot:
+        now = self._clock()
         with self._lock:
             c = self._circuit(agent_key)
+            next_probe_at = None
+            if c.forced is None and c.state == CircuitState.OPEN and c.opened_at is not None:
+                next_probe_at = c.opened_at + (c.wait_s or 0.0)
             return CircuitSnapshot(
                 agent_key=agent_key,
                 state=(c.forced and f"FORCED_{c.forced}") or c.state,
@@ -145,8 +206,8 @@ class LocalPolicyStore:
                 window_calls=len(c.window),
                 window_failures=sum(c.window),
                 opened_at=c.opened_at,
-                next_probe_at=None,
-                probes_in_flight=c.probes_in_flight,
+                next_probe_at=next_probe_at,
+                probes_in_flight=c.live_probes(now),
             )
 
     def circuit_force(self, *, agent_key: str, state: str | None) -> None:

@@ -24,6 +24,7 @@ from orchestration.services.executor import Invocation, handler_invoke
 from orchestration.services.resolution import (
     agent_effective_config,
 )
+from orchestration.worker import runtime as node_runtime
 from runs import services as run_services
 from runs.choices import RunMode, RunStatus
 from runs.context import RunContext
@@ -47,6 +48,9 @@ def _callback_url(run: AgentRun) -> str:
 def run_execute(*, run: AgentRun, config: dict | None = None, node_id: str | None = None) -> bool:
     """Execute a PENDING run to its end. Returns False when another worker holds it."""
     node_id = node_id or settings.ORCHESTRATOR_NODE_ID
+    if settings.NODE_AUTOREGISTER:
+        # This process runs work, so it is a node: its heartbeat extends the run's lease.
+        node_runtime.ensure_started()
     if not run_services.run_claim(
         run=run, node_id=node_id, lease_seconds=settings.RUN_LEASE_SECONDS
     ):
@@ -178,6 +182,22 @@ def run_execute(*, run: AgentRun, config: dict | None = None, node_id: str | Non
             )
     if not written:
         # The attempt was fenced off (the run was reassigned or ended elsewhere): discard.
-        logger.warning("stale completion of run %s attempt %s discarded", run.pk, run.attempt)
+        stale_attempt = run.attempt
+        logger.warning("stale completion of run %s attempt %s discarded", run.pk, stale_attempt)
         run.refresh_from_db()
+        bus.publish(
+            EventType.RUN_STALE_COMPLETION,
+            {
+                "attempt": stale_attempt,
+                "outcome": outcome.status,
+                "errorCode": outcome.error_code or None,
+                "currentAttempt": run.attempt,
+                "currentStatus": run.status,
+                "currentNode": run.node_id or None,
+            },
+            organization=run.organization,
+            agent=agent,
+            run=run,
+            node=node_id,
+        )
     return True

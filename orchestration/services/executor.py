@@ -119,7 +119,11 @@ def handler_invoke(
         if is_cancelled():
             result.status = "cancelled"
             return result
-        permit = store.circuit_acquire(agent_key=agent_key, settings=policy.circuit)
+        # A probe keeps its HALF_OPEN reservation for as long as this attempt may run.
+        attempt_budget = min(policy.timeout_s, max(0.0, deadline - time.monotonic()))
+        permit = store.circuit_acquire(
+            agent_key=agent_key, settings=policy.circuit, probe_ttl_s=attempt_budget + 5.0
+        )
         if permit.transition:
             result.circuit_transitions.append(permit.transition)
         if not permit.allowed:
@@ -130,7 +134,7 @@ def handler_invoke(
         ctx = make_context(attempt)
         result.contexts.append(ctx)
         result.attempts = attempt
-        budget = min(policy.timeout_s, max(0.0, deadline - time.monotonic()))
+        budget = attempt_budget
         started = time.monotonic()
         future = _handler_pool().submit(
             _call_in_thread, handler, dataclasses.replace(request, attempt=attempt), ctx

@@ -1,0 +1,300 @@
+"""Policy state shared by every process and machine through Redis.
+
+Each decision is exactly one round trip: a Lua script (lua/*.lua) registered once and
+called with EVALSHA; redis-py loads it again when the server answers NOSCRIPT, so a
+restarted or failed-over Redis is picked up without help. Scripts run atomically, which
+makes the rate limit exact and the HALF_OPEN probe reservations a real cluster-wide bound.
+Time comes from the server's TIME, never from the caller's clock.
+
+Keys (all under ``key_prefix``):
+  <key>                  rate-limit log (ZSET) for a caller's key, e.g. ``rl:<org>:<agent>``
+  rs:<key>               "an event was published lately" marker for that key (PX 10 s)
+  rej:<agent>            refused requests per scope (HASH)
+  c:{<agent>}            circuit state (HASH); ``:w`` outcome window (LIST); ``:p`` probe
+                         reservations (ZSET); ``:seq`` probe id counter
+The circuit's keys share a hash tag so they stay in one slot should Redis be clustered; the
+rate-limit keys of one decision do not (a single Redis, or Sentinel, is what this targets).
+Replies on the paths every request takes are bare integers: parsing an array reply costs
+a pure-Python client more than the script itself (see bench/policies.py).
+
+When Redis cannot be reached the store never raises from a decision: ``fail_mode="open"``
+admits, ``"closed"`` refuses; ``healthy`` and ``last_error`` tell the health check.
+Nothing here needs Django, so benchmarks and test subprocesses can build one directly.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from orchestration.policies.base import (
+    CircuitPermit,
+    CircuitSnapshot,
+    CircuitState,
+    PolicyStoreUnavailable,
+    RateDecision,
+)
+from orchestration.policies.local import agent_of
+from orchestration.policies.settings import CircuitSettings, RateLimit
+
+logger = logging.getLogger(__name__)
+
+FAIL_MODES = ("open", "closed")
+_LUA_DIR = Path(__file__).with_name("lua")
+_US = 1_000_000
+_CLOSED = CircuitPermit(True, CircuitState.CLOSED)
+_FORCED_CLOSED = CircuitPermit(True, CircuitState.FORCED_CLOSED)
+
+
+def _lua(name: str) -> str:
+    return (_LUA_DIR / "prelude.lua").read_text() + "\n" + (_LUA_DIR / f"{name}.lua").read_text()
+
+
+def _us(seconds: float) -> int:
+    return round(seconds * _US)
+
+
+def _now_arg(now: float | None) -> str:
+    """'' lets the script read Redis TIME (always, outside tests); tests pass a fake clock."""
+    return "" if now is None else str(_us(now))
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class RedisPolicyStore:
+    backend = "redis"
+    shared = True
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        key_prefix: str = "acp:pol:",
+        fail_mode: str = "open",
+        socket_timeout_s: float = 0.25,
+        unavailable_backoff_s: float = 0.5,
+        warn_every_s: float = 5.0,
+    ) -> None:
+        if fail_mode not in FAIL_MODES:
+            raise ValueError(f"POLICY_FAIL_MODE must be one of {FAIL_MODES}, not {fail_mode!r}")
+        self.fail_mode = fail_mode
+        self.prefix = key_prefix
+        # Short timeouts: a policy check sits in front of every request, so a hung Redis
+        # must cost a quarter of a second, not the default forever. One immediate retry on a
+        # connection error replaces a pooled connection that died with a restarted server;
+        # no retry on a read timeout, because the script may have run (a probe reserved).
+        self.client = redis.Redis.from_url(
+            url,
+            socket_timeout=socket_timeout_s,
+            socket_connect_timeout=socket_timeout_s,
+            retry=Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)),
+        )
+        self._rate = self.client.register_script(_lua("rate_limit"))
+        self._acquire = self.client.register_script(_lua("circuit_acquire"))
+        self._record = self.client.register_script(_lua("circuit_record"))
+        self._snapshot = self.client.register_script(_lua("circuit_snapshot"))
+        self.healthy = True
+        self.last_error: str | None = None
+        # While Redis is known to be down, answer with the fail mode at once for a short
+        # while instead of paying a connect timeout on every request.
+        self._unavailable_backoff_s = unavailable_backoff_s
+        self._skip_until = 0.0
+        self._warn_every_s = warn_every_s
+        self._warned_at = float("-inf")
+        self._health_lock = threading.Lock()
+
+    # --- availability -------------------------------------------------------------------
+    def _call(self, script, keys: list[str], args: list[Any]) -> Any:
+        """Run one script; None when Redis is unavailable (the caller answers the fail mode)."""
+        if self._skip_until and time.monotonic() < self._skip_until:
+            return None
+        try:
+            try:
+                # EVALSHA straight away: the registered Script's own call costs a few
+                # microseconds more per decision; it still handles NOSCRIPT (a restarted or
+                # failed-over Redis): it loads the script and runs it again.
+                result = self.client.evalsha(script.sha, len(keys), *keys, *args)
+            except redis.exceptions.NoScriptError:
+                result = script(keys=keys, args=args)
+        except redis.RedisError as exc:
+            self._failed(exc)
+            return None
+        if not self.healthy:
+            with self._health_lock:
+                self.healthy, self._skip_until = True, 0.0
+            logger.info("policy store: Redis is reachable again")
+        return result
+
+    def _failed(self, exc: redis.RedisError) -> None:
+        now = time.monotonic()
+        with self._health_lock:
+            self.healthy = False
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            self._skip_until = now + self._unavailable_backoff_s
+            warn = now - self._warned_at >= self._warn_every_s
+            if warn:
+                self._warned_at = now
+        if warn:
+            # A connection problem is the expected failure; anything else (a script error, an
+            # out-of-memory server) is still answered with the fail mode, never a 500.
+            expected = isinstance(exc, redis.ConnectionError | redis.TimeoutError)
+            logger.warning(
+                "policy store: Redis unavailable (%s), failing %s",
+                self.last_error,
+                self.fail_mode,
+                exc_info=not expected,
+            )
+
+    # --- rate limit ---------------------------------------------------------------------------
+    def rate_limit(
+        self, *, keys: list[tuple[str, str]], limit: RateLimit, now: float | None = None
+    ) -> RateDecision:
+        """``now`` (epoch seconds) is for tests only; production always uses Redis TIME."""
+        if not keys:
+            return RateDecision(True, limit.limit, limit.limit)
+        logs = [self.prefix + key for _, key in keys]
+        redis_keys = (
+            logs
+            + [f"{self.prefix}rs:{key}" for _, key in keys]
+            + [f"{self.prefix}rej:{agent_of(key)}" for _, key in keys]
+        )
+        args = [_now_arg(now), limit.limit, _us(limit.window_s), secrets.token_hex(8)]
+        args += [scope for scope, _ in keys]
+        result = self._call(self._rate, redis_keys, args)
+        if result is None:
+            if self.fail_mode == "open":
+                return RateDecision(True, limit.limit, limit.limit)
+            return RateDecision(False, limit.limit, 0, 1.0, "unavailable")
+        if isinstance(result, int):
+            return RateDecision(True, limit.limit, result)
+        wait_us, index, sampled = result
+        return RateDecision(
+            False,
+            limit.limit,
+            0,
+            max(wait_us / _US, 0.001),
+            keys[index - 1][0],
+            sample_event=bool(sampled),
+        )
+
+    def rate_rejections(self, *, agent_key: str) -> dict[str, int]:
+        try:
+            counts = self.client.hgetall(f"{self.prefix}rej:{agent_key}")
+        except redis.RedisError as exc:
+            self._failed(exc)
+            return {}
+        return {_text(scope): int(count) for scope, count in counts.items()}
+
+    # --- circuit breaker ------------------------------------------------------------------------
+    def _circuit_keys(self, agent_key: str) -> list[str]:
+        """State, window, probes: what record, snapshot and a release touch."""
+        base = f"{self.prefix}c:{{{agent_key}}}"
+        return [base, f"{base}:w", f"{base}:p"]
+
+    def circuit_acquire(
+        self,
+        *,
+        agent_key: str,
+        settings: CircuitSettings,
+        probe_ttl_s: float | None = None,
+        now: float | None = None,
+    ) -> CircuitPermit:
+        ttl = settings.wait_in_open_s if probe_ttl_s is None else probe_ttl_s
+        base = f"{self.prefix}c:{{{agent_key}}}"
+        keys = [base, f"{base}:p", f"{base}:seq"]
+        args = [_now_arg(now), _us(settings.wait_in_open_s), settings.permitted_probes, _us(ttl)]
+        result = self._call(self._acquire, keys, args)
+        if result is None:
+            if self.fail_mode == "open":
+                return CircuitPermit(True, CircuitState.UNKNOWN)
+            return CircuitPermit(False, CircuitState.UNAVAILABLE, 1.0)
+        if result == 1:
+            return _CLOSED
+        if result == 2:
+            return _FORCED_CLOSED
+        allowed, state, wait_us, probe_id, transition = result
+        return CircuitPermit(
+            allowed=bool(allowed),
+            state=_text(state),
+            retry_after_s=int(wait_us) / _US,
+            probe=bool(probe_id),
+            transition=_text(transition) or None,
+            probe_id=_text(probe_id),
+        )
+
+    def circuit_record(
+        self,
+        *,
+        agent_key: str,
+        settings: CircuitSettings,
+        permit: CircuitPermit,
+        success: bool,
+        now: float | None = None,
+    ) -> str | None:
+        if permit.state in (CircuitState.UNKNOWN, CircuitState.UNAVAILABLE):
+            return None  # admitted blind while Redis was down: nothing to release or count
+        args = [
+            _now_arg(now),
+            1 if success else 0,
+            permit.probe_id if permit.probe else "",
+            settings.failure_threshold,
+            settings.window_size,
+            settings.minimum_calls,
+            repr(float(settings.failure_rate_threshold)),
+            _us(settings.wait_in_open_s),
+        ]
+        result = self._call(self._record, self._circuit_keys(agent_key), args)
+        if not result:  # 0: nothing changed; None: Redis unavailable
+            return None
+        return _text(result)
+
+    def circuit_snapshot(self, *, agent_key: str, now: float | None = None) -> CircuitSnapshot:
+        result = self._call(self._snapshot, self._circuit_keys(agent_key), [_now_arg(now)])
+        if result is None:
+            return CircuitSnapshot(agent_key, CircuitState.UNKNOWN, 0, 0, 0, None, None, 0)
+        state, forced, cf, wf, opened_us, wait_us, calls, probes = (_text(v) for v in result)
+        opened_at = int(opened_us) / _US if opened_us else None
+        next_probe_at = None
+        if not forced and state == CircuitState.OPEN and opened_at is not None:
+            next_probe_at = opened_at + int(wait_us or 0) / _US
+        return CircuitSnapshot(
+            agent_key=agent_key,
+            state=f"FORCED_{forced}" if forced else state,
+            consecutive_failures=int(cf),
+            window_calls=int(calls),
+            window_failures=int(wf),
+            opened_at=opened_at,
+            next_probe_at=next_probe_at,
+            probes_in_flight=int(probes),
+        )
+
+    def circuit_force(self, *, agent_key: str, state: str | None) -> None:
+        """Force OPEN or CLOSED; None releases the override and starts CLOSED afresh.
+
+        Raises PolicyStoreUnavailable when Redis cannot be reached: an operator must not be
+        told a circuit is forced when nothing changed.
+        """
+        if state not in (CircuitState.OPEN, CircuitState.CLOSED, None):
+            raise ValueError(f"a circuit can be forced OPEN or CLOSED, not {state!r}")
+        keys = self._circuit_keys(agent_key)
+        try:
+            if state is None:
+                self.client.delete(*keys)
+            else:
+                self.client.hset(keys[0], "forced", state)
+        except redis.RedisError as exc:
+            self._failed(exc)
+            raise PolicyStoreUnavailable(f"cannot reach Redis to force the circuit: {exc}") from exc
+
+    def close(self) -> None:
+        self.client.close()

@@ -1,0 +1,496 @@
+"""The Redis policy store against a real Redis, from several OS processes.
+
+Worker processes are started with the 'spawn' method and build a RedisPolicyStore
+directly (the store needs no Django). Every test uses its own key prefix, so tests never
+see each other's state, and removes its keys afterwards.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import queue
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+import redis
+
+from orchestration.policies import (
+    CircuitState,
+    LocalPolicyStore,
+    PolicyStoreUnavailable,
+    RedisPolicyStore,
+    policy_store_from_settings,
+)
+from orchestration.policies.settings import CircuitSettings, RateLimit
+
+REDIS_URL = os.environ.get("REDIS_URL", "")
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not REDIS_URL, reason="needs a real Redis (REDIS_URL)"),
+]
+
+
+def circuit_settings(**overrides) -> CircuitSettings:
+    values = {
+        "failure_threshold": 3,
+        "wait_in_open_s": 10.0,
+        "permitted_probes": 2,
+        "window_size": 20,
+        "minimum_calls": 10,
+        "failure_rate_threshold": 50.0,
+        "slow_call_s": None,
+    }
+    values.update(overrides)
+    return CircuitSettings(**values)
+
+
+# --- worker processes ------------------------------------------------------------------------
+def _sleep_until(start_at: float) -> None:
+    # Every worker is already running and connected, so waking at one wall-clock instant
+    # makes them race for real.
+    delay = start_at - time.time()
+    if delay > 0:
+        time.sleep(delay)
+
+
+def _worker_main(url: str, inbox, outbox) -> None:
+    """A separate OS process: run policy decisions on command and report the answers."""
+    stores: dict[str, RedisPolicyStore] = {}
+    while (command := inbox.get()) is not None:
+        op, prefix, kwargs = command
+        if prefix not in stores:
+            stores[prefix] = RedisPolicyStore(url, key_prefix=prefix)
+        store = stores[prefix]
+        if op == "ping":
+            outbox.put(store.client.ping())
+        elif op == "rate":
+            _sleep_until(kwargs["start_at"])
+            outbox.put(
+                [
+                    store.rate_limit(keys=kwargs["keys"], limit=kwargs["limit"])
+                    for _ in range(kwargs["n"])
+                ]
+            )
+        elif op == "fail":
+            transitions = []
+            for _ in range(kwargs["n"]):
+                permit = store.circuit_acquire(agent_key=kwargs["agent"], settings=kwargs["cs"])
+                transitions.append(
+                    store.circuit_record(
+                        agent_key=kwargs["agent"],
+                        settings=kwargs["cs"],
+                        permit=permit,
+                        success=False,
+                    )
+                )
+            outbox.put(transitions)
+        elif op == "acquire":
+            _sleep_until(kwargs.get("start_at", 0.0))
+            outbox.put(store.circuit_acquire(agent_key=kwargs["agent"], settings=kwargs["cs"]))
+    for store in stores.values():
+        store.close()
+
+
+@dataclass
+class Worker:
+    process: multiprocessing.process.BaseProcess
+    inbox: multiprocessing.queues.Queue
+    outbox: multiprocessing.queues.Queue
+
+    def send(self, op: str, prefix: str, **kwargs) -> None:
+        self.inbox.put((op, prefix, kwargs))
+
+    def result(self, timeout: float = 30.0):
+        try:
+            return self.outbox.get(timeout=timeout)
+        except queue.Empty:
+            raise AssertionError(f"worker {self.process.pid} did not answer") from None
+
+
+@pytest.fixture(scope="module")
+def workers() -> Iterator[list[Worker]]:
+    ctx = multiprocessing.get_context("spawn")
+    pool = []
+    for _ in range(6):
+        inbox, outbox = ctx.Queue(), ctx.Queue()
+        process = ctx.Process(target=_worker_main, args=(REDIS_URL, inbox, outbox), daemon=True)
+        process.start()
+        pool.append(Worker(process, inbox, outbox))
+    try:
+        for worker in pool:
+            worker.send("ping", "acp:test:warmup:")
+        assert all(worker.result(timeout=60) for worker in pool)
+        yield pool
+    finally:
+        for worker in pool:
+            worker.inbox.put(None)
+        for worker in pool:
+            worker.process.join(timeout=10)
+            if worker.process.is_alive():
+                worker.process.kill()
+
+
+# --- fixtures ----------------------------------------------------------------------------------
+def _delete_prefix(client: redis.Redis, prefix: str) -> None:
+    keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
+    if keys:
+        client.delete(*keys)
+
+
+@pytest.fixture
+def prefix() -> Iterator[str]:
+    value = f"acp:test:{uuid.uuid4().hex[:12]}:"
+    yield value
+    client = redis.Redis.from_url(REDIS_URL)
+    _delete_prefix(client, value)
+    client.close()
+
+
+@pytest.fixture
+def store(prefix) -> Iterator[RedisPolicyStore]:
+    instance = RedisPolicyStore(REDIS_URL, key_prefix=prefix)
+    yield instance
+    instance.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class SpareRedis:
+    """A redis-server of the test's own, so stopping it disturbs nobody else."""
+
+    def __init__(self) -> None:
+        self.port = _free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [
+                shutil.which("redis-server") or "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        client.close()
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+
+
+@pytest.fixture
+def spare_redis() -> Iterator[SpareRedis]:
+    if not shutil.which("redis-server"):
+        pytest.skip("redis-server is not on PATH")
+    server = SpareRedis()
+    server.start()
+    yield server
+    if server.process is not None and server.process.poll() is None:
+        os.kill(server.process.pid, signal.SIGCONT)  # in case a test left it stopped
+    server.stop()
+
+
+# --- rate limit -----------------------------------------------------------------------------
+def test_four_processes_admit_exactly_the_limit(workers, prefix, store):
+    limit = RateLimit(limit=100, window_s=60)
+    start_at = time.time() + 0.5
+    for i, worker in enumerate(workers[:4]):
+        keys = [("organization", "rl:org-1:agent-1"), ("principal", f"rl:user-{i}:agent-1")]
+        worker.send("rate", prefix, keys=keys, limit=limit, n=250, start_at=start_at)
+    decisions = [d for worker in workers[:4] for d in worker.result()]
+
+    assert len(decisions) == 1000
+    admitted = [d for d in decisions if d.allowed]
+    refused = [d for d in decisions if not d.allowed]
+    assert len(admitted) == 100
+    assert store.client.zcard(f"{prefix}rl:org-1:agent-1") == 100
+    assert {d.scope for d in refused} == {"organization"}
+    assert all(0 < d.retry_after_s <= 60 for d in refused)
+    # Every refusal is counted, but only one of them may publish an event per 10 s.
+    assert store.rate_rejections(agent_key="agent-1") == {"organization": 900}
+    assert sum(d.sample_event for d in refused) == 1
+
+
+def test_rate_limit_retry_after_is_exact(store):
+    limit = RateLimit(limit=3, window_s=2)
+    keys = [("organization", "rl:org-1:agent-1"), ("principal", "rl:key-1:agent-1")]
+    first_at = time.time()
+    assert all(store.rate_limit(keys=keys, limit=limit).allowed for _ in range(3))
+    time.sleep(0.3)
+
+    asked_at = time.time()
+    refused = store.rate_limit(keys=keys, limit=limit)
+
+    assert not refused.allowed
+    assert refused.retry_after_s == pytest.approx(first_at + 2 - asked_at, abs=0.05)
+    time.sleep(refused.retry_after_s + 0.02)
+    assert store.rate_limit(keys=keys, limit=limit).allowed
+
+
+def test_the_longest_wait_among_full_keys_is_the_answer(store):
+    limit = RateLimit(limit=1, window_s=10)
+    store.rate_limit(keys=[("principal", "rl:key-1:agent-1")], limit=limit)
+    time.sleep(0.2)
+    store.rate_limit(keys=[("organization", "rl:org-1:agent-1")], limit=limit)
+
+    refused = store.rate_limit(
+        keys=[("principal", "rl:key-1:agent-1"), ("organization", "rl:org-1:agent-1")],
+        limit=limit,
+    )
+
+    assert (refused.allowed, refused.scope) == (False, "organization")
+    assert refused.retry_after_s == pytest.approx(10, abs=0.1)
+
+
+# --- circuit breaker -------------------------------------------------------------------------
+def test_a_circuit_opened_in_one_process_rejects_in_another_and_probes_are_bounded(workers, store):
+    cs = circuit_settings(wait_in_open_s=1.0, permitted_probes=2)
+    prefix = store.prefix
+    process_a, process_b = workers[0], workers[1]
+
+    process_a.send("fail", prefix, agent="agent-1", cs=cs, n=3)
+    assert process_a.result() == [None, None, CircuitState.OPEN]
+    process_b.send("acquire", prefix, agent="agent-1", cs=cs)
+    rejected = process_b.result()
+    assert (rejected.allowed, rejected.state) == (False, CircuitState.OPEN)
+    assert 0 < rejected.retry_after_s <= 1.0
+
+    snapshot = store.circuit_snapshot(agent_key="agent-1")
+    start_at = max(snapshot.next_probe_at, time.time()) + 0.3
+    for worker in workers:
+        worker.send("acquire", prefix, agent="agent-1", cs=cs, start_at=start_at)
+    permits = [worker.result() for worker in workers]
+
+    probes = [p for p in permits if p.allowed]
+    assert len(probes) == cs.permitted_probes
+    assert all(p.probe and p.state == CircuitState.HALF_OPEN for p in probes)
+    assert [p.transition for p in permits if p.transition] == [CircuitState.HALF_OPEN]
+    assert store.circuit_snapshot(agent_key="agent-1").probes_in_flight == 2
+
+    assert (
+        store.circuit_record(agent_key="agent-1", settings=cs, permit=probes[0], success=True)
+        == CircuitState.CLOSED
+    )
+    # The other probe's reservation went with the transition: its outcome changes nothing.
+    assert (
+        store.circuit_record(agent_key="agent-1", settings=cs, permit=probes[1], success=False)
+        is None
+    )
+    assert store.circuit_snapshot(agent_key="agent-1").state == CircuitState.CLOSED
+
+
+def test_circuit_open_retry_after_and_times_come_from_redis(store):
+    cs = circuit_settings(wait_in_open_s=2.0)
+    for _ in range(3):
+        permit = store.circuit_acquire(agent_key="agent-1", settings=cs)
+        opened_near = time.time()
+        store.circuit_record(agent_key="agent-1", settings=cs, permit=permit, success=False)
+    time.sleep(0.3)
+
+    asked_at = time.time()
+    rejected = store.circuit_acquire(agent_key="agent-1", settings=cs)
+    snapshot = store.circuit_snapshot(agent_key="agent-1")
+
+    assert (rejected.allowed, rejected.state) == (False, CircuitState.OPEN)
+    assert rejected.retry_after_s == pytest.approx(opened_near + 2 - asked_at, abs=0.05)
+    assert snapshot.opened_at == pytest.approx(opened_near, abs=0.05)  # epoch seconds
+    assert snapshot.next_probe_at == pytest.approx(snapshot.opened_at + 2, abs=1e-6)
+    time.sleep(rejected.retry_after_s + 0.02)
+    probe = store.circuit_acquire(agent_key="agent-1", settings=cs)
+    assert (probe.allowed, probe.probe, probe.transition) == (True, True, CircuitState.HALF_OPEN)
+
+
+def test_failure_rate_over_the_window_opens_the_circuit(store):
+    cs = circuit_settings(failure_threshold=100, window_size=4, minimum_calls=4)
+    outcomes = [True, False, True, False]  # 50 % once four calls are in
+    transitions = []
+    for success in outcomes:
+        permit = store.circuit_acquire(agent_key="agent-1", settings=cs)
+        transitions.append(
+            store.circuit_record(agent_key="agent-1", settings=cs, permit=permit, success=success)
+        )
+    assert transitions == [None, None, None, CircuitState.OPEN]
+
+
+def test_a_probe_that_never_reports_frees_its_slot_after_the_ttl(store):
+    cs = circuit_settings(wait_in_open_s=0.2, permitted_probes=1)
+    for _ in range(3):
+        permit = store.circuit_acquire(agent_key="agent-1", settings=cs)
+        store.circuit_record(agent_key="agent-1", settings=cs, permit=permit, success=False)
+    time.sleep(0.25)
+
+    lost = store.circuit_acquire(agent_key="agent-1", settings=cs, probe_ttl_s=0.4)
+    assert lost.allowed and lost.probe
+    assert not store.circuit_acquire(agent_key="agent-1", settings=cs).allowed
+    time.sleep(0.45)
+    assert store.circuit_snapshot(agent_key="agent-1").probes_in_flight == 0
+    retry = store.circuit_acquire(agent_key="agent-1", settings=cs)
+    assert retry.allowed and retry.probe
+
+    # The lost probe reports at last: its reservation is gone, so it decides nothing.
+    assert store.circuit_record(agent_key="agent-1", settings=cs, permit=lost, success=True) is None
+    assert store.circuit_snapshot(agent_key="agent-1").state == CircuitState.HALF_OPEN
+    assert (
+        store.circuit_record(agent_key="agent-1", settings=cs, permit=retry, success=True)
+        == CircuitState.CLOSED
+    )
+
+
+def test_forcing_overrides_until_released(store):
+    cs = circuit_settings()
+    store.circuit_force(agent_key="agent-1", state=CircuitState.OPEN)
+    refused = store.circuit_acquire(agent_key="agent-1", settings=cs)
+    assert (refused.allowed, refused.state) == (False, CircuitState.FORCED_OPEN)
+
+    store.circuit_force(agent_key="agent-1", state=CircuitState.CLOSED)
+    for _ in range(5):
+        permit = store.circuit_acquire(agent_key="agent-1", settings=cs)
+        assert (permit.allowed, permit.state) == (True, CircuitState.FORCED_CLOSED)
+        store.circuit_record(agent_key="agent-1", settings=cs, permit=permit, success=False)
+    assert store.circuit_snapshot(agent_key="agent-1").state == CircuitState.FORCED_CLOSED
+
+    store.circuit_force(agent_key="agent-1", state=None)
+    snapshot = store.circuit_snapshot(agent_key="agent-1")
+    assert (snapshot.state, snapshot.consecutive_failures) == (CircuitState.CLOSED, 0)
+
+
+# --- Redis unavailable -------------------------------------------------------------------------
+def test_redis_stopped_gives_the_fail_mode_answer_and_work_resumes(spare_redis, caplog):
+    caplog.set_level(logging.WARNING, logger="orchestration.policies.redis_store")
+    cs = circuit_settings()
+    limit = RateLimit(limit=5, window_s=60)
+    keys = [("organization", "rl:org-1:agent-1")]
+    fail_open = RedisPolicyStore(spare_redis.url, fail_mode="open")
+    fail_closed = RedisPolicyStore(spare_redis.url, fail_mode="closed")
+    for store in (fail_open, fail_closed):
+        assert store.rate_limit(keys=keys, limit=limit).allowed
+        assert store.circuit_acquire(agent_key="agent-1", settings=cs).state == CircuitState.CLOSED
+
+    spare_redis.stop()
+    started = time.monotonic()
+    for _ in range(10):
+        admitted = fail_open.rate_limit(keys=keys, limit=limit)
+        assert (admitted.allowed, admitted.remaining) == (True, limit.limit)
+        permit = fail_open.circuit_acquire(agent_key="agent-1", settings=cs)
+        assert (permit.allowed, permit.state) == (True, CircuitState.UNKNOWN)
+        assert (
+            fail_open.circuit_record(agent_key="agent-1", settings=cs, permit=permit, success=False)
+            is None
+        )
+
+        refused = fail_closed.rate_limit(keys=keys, limit=limit)
+        assert (refused.allowed, refused.scope, refused.retry_after_s) == (
+            False,
+            "unavailable",
+            1.0,
+        )
+        permit = fail_closed.circuit_acquire(agent_key="agent-1", settings=cs)
+        assert (permit.allowed, permit.state, permit.retry_after_s) == (
+            False,
+            CircuitState.UNAVAILABLE,
+            1.0,
+        )
+        assert fail_closed.circuit_snapshot(agent_key="agent-1").state == CircuitState.UNKNOWN
+    assert time.monotonic() - started < 2.0
+    for store in (fail_open, fail_closed):
+        assert not store.healthy
+        assert "Connection" in store.last_error
+        with pytest.raises(PolicyStoreUnavailable):
+            store.circuit_force(agent_key="agent-1", state=CircuitState.OPEN)
+    # One warning per store for the whole outage, not one per decision.
+    assert len([r for r in caplog.records if "unavailable" in r.getMessage()]) == 2
+
+    spare_redis.start()  # same port, empty script cache
+    deadline = time.monotonic() + 5
+    while not fail_closed.rate_limit(keys=keys, limit=limit).allowed:
+        assert time.monotonic() < deadline, "the store did not reconnect"
+        time.sleep(0.1)
+    assert fail_closed.healthy
+    assert fail_closed.client.script_exists(fail_closed._rate.sha) == [True]
+    for store in (fail_open, fail_closed):
+        deadline = time.monotonic() + 5
+        while store.rate_limit(keys=keys, limit=limit).remaining == limit.limit:
+            assert time.monotonic() < deadline, "the store did not reconnect"
+            time.sleep(0.1)
+        agent = f"agent-{store.fail_mode}"  # both stores share the server and the prefix
+        transitions = []
+        for _ in range(3):
+            permit = store.circuit_acquire(agent_key=agent, settings=cs)
+            transitions.append(
+                store.circuit_record(agent_key=agent, settings=cs, permit=permit, success=False)
+            )
+        assert transitions[-1] == CircuitState.OPEN
+        assert store.healthy
+        store.close()
+
+
+def test_a_hung_redis_costs_a_socket_timeout_not_a_request(spare_redis):
+    store = RedisPolicyStore(spare_redis.url, fail_mode="open")
+    keys = [("organization", "rl:org-1:agent-1")]
+    limit = RateLimit(limit=5, window_s=60)
+    assert store.rate_limit(keys=keys, limit=limit).remaining == 4
+
+    os.kill(spare_redis.process.pid, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        decision = store.rate_limit(keys=keys, limit=limit)
+        assert time.monotonic() - started < 1.0
+        assert (decision.allowed, store.healthy) == (True, False)
+        assert "Timeout" in store.last_error
+    finally:
+        os.kill(spare_redis.process.pid, signal.SIGCONT)
+    deadline = time.monotonic() + 5
+    # A fail-open answer leaves the whole limit; an answer from Redis has used some of it.
+    while store.rate_limit(keys=keys, limit=limit).remaining == limit.limit:
+        assert time.monotonic() < deadline, "the store did not recover"
+        time.sleep(0.1)
+    assert store.healthy
+    store.close()
+
+
+# --- selection ----------------------------------------------------------------------------------
+def test_settings_choose_the_store(settings):
+    settings.REDIS_URL = REDIS_URL
+    settings.POLICY_FAIL_MODE = "closed"
+    chosen = policy_store_from_settings()
+    assert (type(chosen), chosen.fail_mode, chosen.shared) == (RedisPolicyStore, "closed", True)
+    chosen.close()
+
+    settings.POLICY_REDIS_URL = ""  # policies stay process-local although Redis is configured
+    assert isinstance(policy_store_from_settings(), LocalPolicyStore)
+
+    del settings.POLICY_REDIS_URL
+    settings.REDIS_URL = None
+    assert isinstance(policy_store_from_settings(), LocalPolicyStore)
