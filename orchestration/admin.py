@@ -224,3 +224,4 @@ class AgentWithCircuitAdmin(AgentAdmin):
 
 admin.site.unregister(Agent)
 admin.site.register(Agent, AgentWithCircuitAdmin)
+from orchestration import admin_config  # noqa: E402,F401

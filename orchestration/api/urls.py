@@ -19,5 +19,6 @@ urlpatterns = [
     ),
     path("orchestration/", include("orchestration.api.nodes_urls")),
     path("orchestration/", include("orchestration.api.fleet_urls")),
+    path("orchestration/", include("orchestration.api.config_urls")),
     *router.urls,
 ]

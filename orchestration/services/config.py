@@ -3,6 +3,10 @@
 Every process reads it through config_current(), which caches the document for a
 short time (at most one heartbeat interval), so a change made in one process is
 applied by every other process without a restart.
+
+Changes go through config_update() (the API, the admin form) and config_revert(): the
+document is validated as a whole (config_schema), and every change is a new revision
+row -- history is append-only -- plus a config.updated event on the bus.
 """
 
 from __future__ import annotations
@@ -12,8 +16,13 @@ import threading
 import time
 from typing import Any
 
+from django.db import connection, transaction
+
+from orchestration.bus import publish
+from orchestration.choices import EventType
 from orchestration.models import OrchestratorConfigRevision
 from orchestration.policies.settings import BUILTIN_DEFAULTS, AgentPolicy, agent_policy
+from orchestration.services.config_schema import ConfigDocumentSerializer, plain
 
 DEFAULT_DOCUMENT: dict[str, Any] = {
     # Policy defaults for agents whose config does not say otherwise.
@@ -61,6 +70,17 @@ def deep_merge(base: dict, override: dict) -> dict:
     return result
 
 
+def config_live() -> tuple[dict, OrchestratorConfigRevision | None]:
+    """The live document from the database and the revision it comes from (None: defaults)."""
+    newest = (
+        OrchestratorConfigRevision.objects.select_related("created_by")
+        .defer("diff")
+        .order_by("-created_at")
+        .first()
+    )
+    return deep_merge(DEFAULT_DOCUMENT, newest.document if newest else {}), newest
+
+
 def config_load() -> dict:
     """The live document from the database: the newest revision over the defaults."""
     newest = OrchestratorConfigRevision.objects.order_by("-created_at").only("document").first()
@@ -104,3 +124,145 @@ def policy_defaults(document: dict) -> dict:
 def agent_policy_live(agent_config: dict | None) -> AgentPolicy:
     """An agent's policies: its own config over the live configuration over built-ins."""
     return agent_policy(agent_config, policy_defaults(config_current()))
+
+
+# --- changes -------------------------------------------------------------------------
+
+# pg_advisory_xact_lock key serialising configuration writers ("conf" in ASCII).
+_CONFIG_LOCK_ID = 0x636F6E66
+
+
+class ConfigInvalid(Exception):
+    """The document fails validation; errors has DRF's nested shape."""
+
+    def __init__(self, errors: dict) -> None:
+        super().__init__("The configuration is invalid.")
+        self.errors = errors
+
+
+def config_validate(document: Any) -> dict:
+    """The validated whole document, or ConfigInvalid naming every bad field."""
+    serializer = ConfigDocumentSerializer(data=document)
+    if not serializer.is_valid():
+        raise ConfigInvalid(plain(serializer.errors))
+    return plain(serializer.validated_data)
+
+
+def config_known(document: dict) -> dict:
+    """The document without keys the schema does not know (left by older revisions)."""
+    return {
+        section: {key: value for key, value in document.get(section, {}).items() if key in keys}
+        for section, keys in DEFAULT_DOCUMENT.items()
+        if isinstance(document.get(section), dict)
+    }
+
+
+def _leaves(document: dict, prefix: str = "") -> dict[str, Any]:
+    leaves: dict[str, Any] = {}
+    for key, value in document.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            leaves.update(_leaves(value, f"{path}."))
+        else:
+            leaves[path] = value
+    return leaves
+
+
+def config_diff(before: dict, after: dict) -> dict[str, dict]:
+    """{"section.field": {"from": old, "to": new}} for every leaf that differs."""
+    old, new = _leaves(before), _leaves(after)
+    return {
+        path: {"from": old.get(path), "to": new.get(path)}
+        for path in sorted(old.keys() | new.keys())
+        if path not in old or path not in new or old[path] != new[path]
+    }
+
+
+def config_errors_flat(errors: Any, prefix: str = "") -> list[tuple[str, str]]:
+    """DRF's nested errors as (dotted path, message) pairs, for people to read."""
+    if isinstance(errors, dict):
+        return [
+            pair
+            for key, value in errors.items()
+            for pair in config_errors_flat(value, f"{prefix}.{key}" if prefix else str(key))
+        ]
+    if isinstance(errors, list):
+        return [pair for item in errors for pair in config_errors_flat(item, prefix)]
+    return [(prefix or "document", str(errors))]
+
+
+def config_update(
+    *,
+    document: Any,
+    actor_user=None,
+    actor: str = "",
+    comment: str = "",
+    partial: bool = False,
+) -> OrchestratorConfigRevision | None:
+    """Make document the live configuration; None when it is the live one already.
+
+    partial: document is deep-merged onto the live one first (PATCH). Raises
+    ConfigInvalid, having written nothing, when the result is not a valid document.
+    """
+    if partial and not isinstance(document, dict):
+        raise ConfigInvalid({"non_field_errors": ["Expected a JSON object."]})
+    comment = comment[:500]  # the column's length
+    with transaction.atomic():
+        if connection.vendor == "postgresql":
+            # Two writers would both read the same live document: the second PATCH would
+            # undo the first one's change and both diffs would be computed against it.
+            # (SQLite's IMMEDIATE transactions serialise writers already.)
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_CONFIG_LOCK_ID])
+        live = config_load()
+        candidate = deep_merge(config_known(live), document) if partial else document
+        validated = config_validate(candidate)
+        diff = config_diff(live, validated)
+        if not diff:
+            return None
+        revision = OrchestratorConfigRevision.objects.create(
+            created_by=actor_user,
+            document=validated,
+            diff=diff,
+            comment=comment,
+        )
+        publish(
+            EventType.CONFIG_UPDATED,
+            {"revision": str(revision.pk), "diff": diff, "actor": actor, "comment": comment},
+        )
+        # Another thread of this process may re-read the old document before the commit
+        # and would keep it for an interval: drop the cache again once the change is visible.
+        transaction.on_commit(config_cache_clear)
+    config_cache_clear()  # this thread reads its own change at once
+    return revision
+
+
+def config_revision_document(revision: OrchestratorConfigRevision) -> dict:
+    """The whole document a revision put in force (older rows may hold only overrides)."""
+    return deep_merge(DEFAULT_DOCUMENT, revision.document)
+
+
+def config_revert(
+    *, revision: OrchestratorConfigRevision, actor_user=None, actor: str = ""
+) -> OrchestratorConfigRevision | None:
+    """A new revision with an old one's document (history stays append-only).
+
+    None when that document is the live one already; ConfigInvalid when it is no
+    longer valid (it predates a rule), in which case nothing changes.
+    """
+    when = revision.created_at.isoformat(timespec="seconds")
+    return config_update(
+        document=config_revision_document(revision),
+        actor_user=actor_user,
+        actor=actor,
+        comment=f"revert to revision {revision.pk} of {when}",
+    )
+
+
+def config_revisions():
+    """The history, newest first, without the documents (the list shows who, when, diff)."""
+    return (
+        OrchestratorConfigRevision.objects.select_related("created_by")
+        .defer("document")
+        .order_by("-created_at", "-id")
+    )
