@@ -16,15 +16,18 @@ DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/acp
 REDIS_URL ?= redis://127.0.0.1:6379/0
 CELERY_BROKER_URL ?= $(REDIS_URL)
 PYTEST_ARGS ?=
+# The node `make run` registers (docs/OPERATIONS.md).
+RUN_NODE_ID ?= console
 export DATABASE_URL REDIS_URL CELERY_BROKER_URL
 
-# The embedded mode: whatever the shell exports, no external database, cache or broker.
-EMBEDDED := env -u DATABASE_URL -u REDIS_URL -u CELERY_BROKER_URL
+# The embedded mode: whatever the shell exports, no external database, cache or broker,
+# and readable log lines rather than JSON (docs/OBSERVABILITY.md).
+EMBEDDED := env -u DATABASE_URL -u REDIS_URL -u CELERY_BROKER_URL LOG_FORMAT=console
 
 .PHONY: help venv run test lint lock bench
 
 help:
-	@echo "make run    create .venv, migrate the embedded SQLite database, seed demo data,"
+	@echo "make run    create .venv, migrate the embedded SQLite database, bootstrap with demo data,"
 	@echo "            serve http://127.0.0.1:8000 (admin /admin/, API docs /api/docs/)"
 	@echo "make test   run the test suite against PostgreSQL and Redis"
 	@echo "            (DATABASE_URL=$(DATABASE_URL) REDIS_URL=$(REDIS_URL))"
@@ -43,10 +46,12 @@ $(STAMP): pyproject.toml constraints.txt | $(PY)
 	$(PIP) install -c constraints.txt -e '.[dev]'
 	touch $@
 
+# bootstrap_orchestrator and the server share one node id, so the server takes over the node
+# the bootstrap registered (and the agents it announced) and shuts it down on Ctrl-C.
 run: venv
 	$(EMBEDDED) $(PY) manage.py migrate --noinput
-	$(EMBEDDED) $(PY) manage.py seed_demo
-	$(EMBEDDED) $(PY) manage.py runserver 127.0.0.1:8000
+	$(EMBEDDED) ORCHESTRATOR_NODE_ID=$(RUN_NODE_ID) $(PY) manage.py bootstrap_orchestrator --demo
+	$(EMBEDDED) ORCHESTRATOR_NODE_ID=$(RUN_NODE_ID) $(PY) manage.py runserver 127.0.0.1:8000
 
 test: venv
 	$(VENV)/bin/pytest $(PYTEST_ARGS)

@@ -7,3 +7,9 @@ from django.core.asgi import get_asgi_application
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 
 application = get_asgi_application()
+
+# Imported once the apps are loaded. This process serves the API: it registers as a fleet
+# node and shuts the node down on SIGTERM (docs/OPERATIONS.md).
+from orchestration.worker import api_node_start  # noqa: E402
+
+api_node_start()

@@ -5,6 +5,7 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from config import health
+from orchestration.observability import views as observability
 
 urlpatterns = [
     path("admin/", admin.site.urls),
@@ -15,4 +16,5 @@ urlpatterns = [
     path("api/", include("orchestration.api.urls")),
     path("healthz", health.healthz, name="healthz"),
     path("readyz", health.readyz, name="readyz"),
+    path("metrics", observability.metrics, name="metrics"),
 ]

@@ -7,6 +7,7 @@ import logging
 from celery import shared_task
 from django.conf import settings
 
+from orchestration.bus import retention
 from orchestration.services import reaper
 from orchestration.services.execution import run_execute
 from runs.choices import RunStatus
@@ -62,3 +63,10 @@ def runs_reap() -> dict:
         "requeuedPending": len(result.requeued_pending),
         "failedPending": len(result.failed_pending),
     }
+
+
+@shared_task(name="orchestration.events_prune", ignore_result=True)
+def events_prune() -> dict:
+    """Retention of the event log (beat, hourly): the same service as `prune_events`."""
+    result = retention.events_prune()
+    return {"deleted": result.deleted, "batches": result.batches}

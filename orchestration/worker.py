@@ -2,10 +2,17 @@
 
 A Celery worker registers when it is ready (worker_ready), consumes its own node queue
 and its region's queue besides the ones it was started with (celeryd_after_setup),
-heartbeats from a daemon thread of its main process, and goes OFFLINE on a graceful
-shutdown (worker_shutdown). An API process that executes sync runs does the same on its
-first run (NodeRuntime.ensure_started, called by run_execute). Both only when
-settings.NODE_AUTOREGISTER is on (the tests turn it off for the test process).
+heartbeats from a daemon thread of its main process, goes DRAINING as soon as a warm
+shutdown begins (worker_shutting_down) and, once Celery has waited for the tasks it was
+executing, shuts the node down (worker_shutdown). An API process registers when its
+WSGI/ASGI application loads (api_node_start, from config/wsgi.py and config/asgi.py) or
+at the latest on its first run (NodeRuntime.ensure_started, called by run_execute), and
+shuts the node down on SIGTERM or at exit. All of this only when settings.NODE_AUTOREGISTER
+is on (the tests turn it off for the test process).
+
+Shutting down is one service for every path (services/lifecycle.py node_shutdown):
+DRAINING, wait for the node's RUNNING runs, hand the rest over, unregister its agents,
+OFFLINE.
 
 Imported by OrchestrationConfig.ready(), so every process that loads the apps --
 Celery workers included -- has the signal handlers connected.
@@ -16,12 +23,14 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import signal
 import threading
 from importlib import metadata as package_metadata
 
 from celery import signals
 from django.conf import settings
 from django.db import close_old_connections, connection
+from django.utils.module_loading import import_string
 
 from agents.handlers import registry
 from orchestration.choices import NodeStatus
@@ -29,6 +38,8 @@ from orchestration.queues import default_queue, node_queue, region_queue
 from orchestration.services.config import config_current
 from orchestration.services.nodes import (
     NodeNotFound,
+    NodeStateConflict,
+    node_drain,
     node_heartbeat,
     node_register,
     node_unregister,
@@ -40,6 +51,17 @@ logger = logging.getLogger(__name__)
 
 PACKAGE = "agent-control-plane"
 DEFAULT_HEARTBEAT_INTERVAL_S = 5.0
+
+# The shutdown service, found by its dotted path when the node stops (as Django finds its
+# backends): it hands runs over through Celery tasks, and the task module imports this one
+# (run_execute starts the runtime), so this module cannot import it.
+SHUTDOWN_SERVICE = "orchestration.services.lifecycle.node_shutdown"
+# How long a stopping node waits for its RUNNING runs. Below the run lease (nodes.lease_s,
+# 60 s by default): the node stops heartbeating when it starts shutting down, and its runs
+# must not look abandoned to the reaper while it waits.
+SHUTDOWN_GRACE_S = 25.0
+# The SIGTERM handler waits this much longer than the grace period for the shutdown thread.
+SHUTDOWN_JOIN_MARGIN_S = 10.0
 
 
 def node_version() -> str:
@@ -88,6 +110,9 @@ class NodeRuntime:
         # register on their own (they would each become a node under the same id).
         self.managed_by_worker = False
         self.node_id: str | None = None
+        self.shutdown_grace_s = SHUTDOWN_GRACE_S
+        self._drain_thread: threading.Thread | None = None
+        self._previous_sigterm = None
 
     @property
     def started(self) -> bool:
@@ -154,7 +179,7 @@ class NodeRuntime:
         atexit.register(self.stop)
 
     def stop(self, *, unregister: bool = True) -> None:
-        """Stop heartbeating and, on a graceful exit, go OFFLINE."""
+        """Stop heartbeating and, on a graceful exit, shut the node down (ends OFFLINE)."""
         with self._lock:
             thread, self._thread = self._thread, None
             owned = thread is not None and self._pid == os.getpid()
@@ -162,15 +187,79 @@ class NodeRuntime:
                 return
             self._stop.set()
             thread.join(timeout=5)
+            drain, self._drain_thread = self._drain_thread, None
+            if drain is not None:
+                drain.join(timeout=5)
             if unregister and self.node_id:
                 try:
-                    node_unregister(node_id=self.node_id, reason="graceful shutdown")
+                    import_string(SHUTDOWN_SERVICE)(
+                        node_id=self.node_id, grace_s=self.shutdown_grace_s
+                    )
                 except NodeNotFound:
                     pass
                 except Exception:
-                    logger.exception("node %s could not unregister", self.node_id)
+                    logger.exception("node %s could not shut down", self.node_id)
+                    self._unregister_only()
                 finally:
                     connection.close()
+
+    def _unregister_only(self) -> None:
+        """At least OFFLINE when the full shutdown failed: the reaper re-queues its runs."""
+        try:
+            node_unregister(node_id=self.node_id, reason="graceful shutdown")
+        except NodeNotFound:
+            pass
+        except Exception:
+            logger.exception("node %s could not unregister", self.node_id)
+
+    def drain_soon(self) -> None:
+        """DRAINING now, from a thread: called from a signal handler, which must not query."""
+        if not self.started or self._drain_thread is not None:
+            return
+        self._drain_thread = threading.Thread(
+            target=self._drain, name=f"node-drain-{self.node_id}", daemon=True
+        )
+        self._drain_thread.start()
+
+    def _drain(self) -> None:
+        try:
+            node_drain(node_id=self.node_id)
+        except (NodeNotFound, NodeStateConflict):
+            pass  # gone, or already past draining: the shutdown deals with it
+        except Exception:
+            logger.exception("node %s could not drain", self.node_id)
+        finally:
+            connection.close()
+
+    def install_sigterm_handler(self) -> bool:
+        """Shut the node down on SIGTERM before the server's own handler runs.
+
+        Only from the main thread (Python's rule for signal handlers): gunicorn and uvicorn
+        load the application there, and so does `runserver --noreload`; runserver's
+        autoreloader loads it in another thread, where Ctrl-C (then atexit) does the same.
+        """
+        if threading.current_thread() is not threading.main_thread():
+            return False
+        previous = signal.getsignal(signal.SIGTERM)
+        if previous == signal.SIG_IGN or previous == self._on_sigterm:
+            return False
+        self._previous_sigterm = previous
+        signal.signal(signal.SIGTERM, self._on_sigterm)
+        return True
+
+    def _on_sigterm(self, signum, frame) -> None:
+        # A handler runs in the main thread between two bytecodes, perhaps in the middle of
+        # a query on that thread's connection: the shutdown runs in a thread of its own,
+        # while request threads go on finishing their runs. The server's handler runs once
+        # the node is OFFLINE, so the process never exits half-way through the shutdown.
+        stopping = threading.Thread(target=self.stop, name="node-shutdown")
+        stopping.start()
+        stopping.join(timeout=self.shutdown_grace_s + SHUTDOWN_JOIN_MARGIN_S)
+        previous = self._previous_sigterm
+        if callable(previous):
+            previous(signum, frame)
+        else:  # SIG_DFL (or a handler installed outside Python): exit as the default would
+            raise SystemExit(128 + signum)
 
     def _register(self) -> None:
         node_register(
@@ -285,6 +374,30 @@ def worker_node_register(sender, **kwargs) -> None:
     connection.close()
 
 
+@signals.worker_shutting_down.connect
+def worker_node_drain(sender, **kwargs) -> None:
+    """A warm shutdown began (SIGTERM): routing stops sending this node work at once."""
+    runtime.drain_soon()
+
+
 @signals.worker_shutdown.connect
 def worker_node_unregister(sender, **kwargs) -> None:
+    # Celery's warm shutdown has waited for the tasks being executed: the shutdown service
+    # finds little to wait for, hands over what is left and ends OFFLINE.
     runtime.stop(unregister=True)
+
+
+# --- API processes ---------------------------------------------------------------------
+
+
+def api_node_start() -> None:
+    """config/wsgi.py and config/asgi.py: this process serves the API, so it is a node.
+
+    Registered (and heartbeating) from the start rather than on its first run, so the
+    node bootstrap_orchestrator registered under the same ORCHESTRATOR_NODE_ID stays live,
+    and shut down on SIGTERM (or at exit) through the same service as a worker.
+    """
+    if not settings.NODE_AUTOREGISTER:
+        return
+    runtime.install_sigterm_handler()
+    runtime.ensure_started()

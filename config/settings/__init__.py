@@ -157,6 +157,12 @@ CELERY_BEAT_SCHEDULE = {
         "options": {"expires": 5.0},
     },
 }
+# Retention of the event log (docs/EVENTS.md): hourly, in batches, so each pass is short.
+CELERY_BEAT_SCHEDULE["events-prune"] = {
+    "task": "orchestration.events_prune",
+    "schedule": 3600.0,
+    "options": {"expires": 3600.0},
+}
 
 # --- Orchestrator identity -----------------------------------------------------
 ORCHESTRATOR_NODE_ID = env_str("ORCHESTRATOR_NODE_ID", f"{socket.gethostname()}-{os.getpid()}")
@@ -175,6 +181,14 @@ HANDLER_THREADS = env_int("HANDLER_THREADS", 16)
 AGENT_HANDLER_MODULES = env_list(
     "AGENT_HANDLER_MODULES", ["agents.handlers.http", "agents.reference"]
 )
+
+# --- Event streams (GET /api/orchestration/events/stream, docs/EVENTS.md) ---------
+# A comment line this often keeps proxies from closing an idle stream.
+SSE_HEARTBEAT_S = env_int("SSE_HEARTBEAT_S", 15)
+# Open streams per caller (API key, user or node) across all API processes; more: 429.
+SSE_MAX_CONNECTIONS_PER_KEY = env_int("SSE_MAX_CONNECTIONS_PER_KEY", 5)
+# Without live delivery (embedded mode, or Redis unreachable) streams poll this often.
+SSE_POLL_S = env_int("SSE_POLL_S", 1)
 
 # --- Auth, i18n, static ----------------------------------------------------------
 AUTH_PASSWORD_VALIDATORS = [
@@ -241,14 +255,47 @@ if not DEBUG:
     CSRF_COOKIE_SECURE = True
     if env_bool("TRUST_X_FORWARDED_PROTO", default=False):
         SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
-    # Health probes arrive over plain HTTP from the load balancer.
-    SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$"]
+    # Health probes and Prometheus scrapes arrive over plain HTTP from inside the network.
+    SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$", r"^metrics$"]
 
+# --- Logs (docs/OBSERVABILITY.md) ------------------------------------------------------
+# JSON lines for log shippers in production; readable lines while developing (make run).
+LOG_FORMAT = env_str("LOG_FORMAT", "console" if DEBUG else "json")
+if LOG_FORMAT not in ("json", "console"):
+    raise ImproperlyConfigured(f"LOG_FORMAT must be 'json' or 'console', got {LOG_FORMAT!r}")
+# dictConfig, then structlog on top, so structlog's loggers share the handlers.
+LOGGING_CONFIG = "orchestration.observability.logging.logging_configure"
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "formatters": {
+        "structured": {
+            "()": "orchestration.observability.logging.formatter",
+            "log_format": LOG_FORMAT,
+        }
+    },
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "structured"}},
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
     "loggers": {"django.db.backends": {"level": "WARNING"}},
 }
+# Celery workers keep the handler above instead of replacing it with their own format.
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+
+# --- Metrics (docs/OBSERVABILITY.md) ------------------------------------------------------
+# prometheus_client reads PROMETHEUS_MULTIPROC_DIR from the environment when it is
+# imported: it must be set (to an empty directory, per deployment) before the processes
+# start. Unset: each process keeps its metrics in memory (the embedded default).
+PROMETHEUS_MULTIPROC_DIR = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+if PROMETHEUS_MULTIPROC_DIR is not None and not (
+    PROMETHEUS_MULTIPROC_DIR.strip() and Path(PROMETHEUS_MULTIPROC_DIR).is_dir()
+):
+    raise ImproperlyConfigured(
+        "PROMETHEUS_MULTIPROC_DIR must name an existing directory, got "
+        f"{PROMETHEUS_MULTIPROC_DIR!r}"
+    )
+# Without a token only loopback callers may scrape, unless remote scrapes are allowed.
+METRICS_ALLOW_REMOTE = env_bool("METRICS_ALLOW_REMOTE", default=False)
+# When set, "Authorization: Bearer <token>" is required from every address.
+METRICS_TOKEN = env_str("METRICS_TOKEN", "")
+# acp_circuit_state asks the policy store about at most this many ACTIVE agents per scrape.
+METRICS_CIRCUIT_AGENTS_MAX = env_int("METRICS_CIRCUIT_AGENTS_MAX", 500)

@@ -20,5 +20,6 @@ urlpatterns = [
     path("orchestration/", include("orchestration.api.nodes_urls")),
     path("orchestration/", include("orchestration.api.fleet_urls")),
     path("orchestration/", include("orchestration.api.config_urls")),
+    path("orchestration/", include("orchestration.api.events_urls")),
     *router.urls,
 ]

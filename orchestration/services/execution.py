@@ -18,6 +18,8 @@ from django.utils import timezone
 from agents.handlers import HandlerRequest, registry
 from orchestration import bus
 from orchestration.choices import EventType
+from orchestration.observability import metrics
+from orchestration.observability.logging import run_log_bind, run_log_scope
 from orchestration.policies import CircuitState, policy_store
 from orchestration.services.config import agent_policy_live
 from orchestration.services.executor import Invocation, handler_invoke
@@ -45,6 +47,7 @@ def _callback_url(run: AgentRun) -> str:
     return f"{settings.PUBLIC_BASE_URL.rstrip('/')}/api/runs/{run.pk}/"
 
 
+@run_log_scope
 def run_execute(*, run: AgentRun, config: dict | None = None, node_id: str | None = None) -> bool:
     """Execute a PENDING run to its end. Returns False when another worker holds it."""
     node_id = node_id or settings.ORCHESTRATOR_NODE_ID
@@ -57,6 +60,7 @@ def run_execute(*, run: AgentRun, config: dict | None = None, node_id: str | Non
         run.refresh_from_db()
         return False
     agent = run.agent
+    run_log_bind(run=run, node_id=node_id)
     if config is None:
         config = agent_effective_config(agent)
     policy = agent_policy_live(config)
@@ -169,6 +173,14 @@ def run_execute(*, run: AgentRun, config: dict | None = None, node_id: str | Non
                 contexts=invocation.contexts if invocation else [],
                 extra_metrics=standard,
             )
+    if written:
+        metrics.run_end_observe(
+            run=run,
+            agent=agent,
+            status=outcome.status,
+            duration_ms=duration_ms,
+            contexts=invocation.contexts if invocation else [],
+        )
     # A transition happened in the shared state whatever became of this attempt.
     if invocation is not None:
         for state in invocation.circuit_transitions:

@@ -8,6 +8,7 @@ its own RunContext (its own cancel flag); their records are merged afterwards.
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import json
 import logging
@@ -136,8 +137,13 @@ def handler_invoke(
         result.attempts = attempt
         budget = attempt_budget
         started = time.monotonic()
+        # copy_context: pool threads start empty; the run's log fields must reach the handler.
         future = _handler_pool().submit(
-            _call_in_thread, handler, dataclasses.replace(request, attempt=attempt), ctx
+            contextvars.copy_context().run,
+            _call_in_thread,
+            handler,
+            dataclasses.replace(request, attempt=attempt),
+            ctx,
         )
         retryable = False
         counts = True  # whether this outcome feeds the circuit

@@ -19,6 +19,7 @@ from agents.principal import Principal
 from orchestration import bus
 from orchestration.choices import EventType
 from orchestration.errors import OrchestrationError
+from orchestration.observability import metrics
 from orchestration.policies import policy_store
 from orchestration.services.config import agent_policy_live
 from orchestration.services.dispatch import run_enqueue
@@ -113,6 +114,7 @@ def orchestrate(command: OrchestrateCommand, principal: Principal) -> Orchestrat
         limit=policy.rate_limit,
     )
     if not decision.allowed:
+        metrics.rate_limit_observe(organization=organization, agent=agent, scope=decision.scope)
         if getattr(decision, "sample_event", False):
             # Sampled by the store (one per key per window), so an attack cannot flood the log.
             bus.publish(

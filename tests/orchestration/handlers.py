@@ -12,6 +12,9 @@ from agents.handlers.base import (
     RetryableError,
 )
 from agents.handlers.registry import register
+from orchestration import bus
+from orchestration.choices import EventType
+from runs.models import AgentRun
 
 CALLS: dict[str, int] = defaultdict(int)
 
@@ -96,3 +99,21 @@ class BadInputHandler(AgentHandler):
 
     def handle(self, request, ctx):
         raise PermanentHandlerError("payload.text is required")
+
+
+@register
+class PublishHandler(AgentHandler):
+    """Publishes an agent.message on the bus from wherever it runs (a worker process)."""
+
+    key = "test-publish"
+
+    def handle(self, request, ctx):
+        run = AgentRun.objects.select_related("organization", "agent").get(pk=request.run_id)
+        event = bus.publish(
+            EventType.AGENT_MESSAGE,
+            {"seq": (request.payload or {}).get("seq"), "from": "test-publish"},
+            organization=run.organization,
+            agent=run.agent,
+            run=run,
+        )
+        return {"event": event.pk if event else None}
