@@ -5,34 +5,32 @@ from __future__ import annotations
 from django import forms
 from django.contrib import admin, messages
 from django.db.models import Q, QuerySet
-from django.forms.models import BaseInlineFormSet
 from django.http import HttpRequest
 from django.utils import timezone
 
 from agents import services
-from agents.choices import DEFAULT_API_KEY_SCOPES, AgentStatus, Scope
-from agents.models import (
-    Agent,
-    AgentCapability,
-    AgentConfig,
-    ApiKey,
-    Dataset,
-    Organization,
-    OrganizationMember,
-    Tool,
+from agents.admin_scope import (
+    EDIT,
+    OrganizationScopedAdmin,
+    OrganizationScopedInline,
+    ScopedRelatedFieldListFilter,
+    scope_queryset,
 )
+from agents.choices import DEFAULT_API_KEY_SCOPES, Scope
+from agents.models import ApiKey, Organization, OrganizationMember
 
 admin.site.site_header = "Agent Control Plane"
 admin.site.site_title = "Agent Control Plane"
 admin.site.index_title = "Operations"
 
 TIMESTAMPS = ("created_at", "updated_at")
+BY_ORGANIZATION = ("organization", ScopedRelatedFieldListFilter)
 
 
 # --- Tenancy ---------------------------------------------------------------------------
 
 
-class OrganizationMemberInline(admin.TabularInline):
+class OrganizationMemberInline(OrganizationScopedInline, admin.TabularInline):
     model = OrganizationMember
     extra = 0
     fields = ("user", "role", "status", "joined_at")
@@ -43,7 +41,7 @@ class OrganizationMemberInline(admin.TabularInline):
 
 
 @admin.register(Organization)
-class OrganizationAdmin(admin.ModelAdmin):
+class OrganizationAdmin(OrganizationScopedAdmin):
     list_display = ("slug", "name", "plan", "created_at")
     list_filter = ("plan",)
     search_fields = ("slug", "name")
@@ -52,9 +50,9 @@ class OrganizationAdmin(admin.ModelAdmin):
 
 
 @admin.register(OrganizationMember)
-class OrganizationMemberAdmin(admin.ModelAdmin):
+class OrganizationMemberAdmin(OrganizationScopedAdmin):
     list_display = ("user", "organization", "role", "status", "joined_at")
-    list_filter = ("role", "status", "organization")
+    list_filter = ("role", "status", BY_ORGANIZATION)
     list_select_related = ("user", "organization")
     search_fields = ("user__username", "user__email", "organization__slug")
     raw_id_fields = ("user",)
@@ -120,7 +118,7 @@ class ApiKeyChangeForm(forms.ModelForm):
 
 
 @admin.register(ApiKey)
-class ApiKeyAdmin(admin.ModelAdmin):
+class ApiKeyAdmin(OrganizationScopedAdmin):
     # key_hash is deliberately absent: the list is screen-shared and exported.
     list_display = (
         "name",
@@ -133,7 +131,7 @@ class ApiKeyAdmin(admin.ModelAdmin):
         "revoked_at",
         "created_at",
     )
-    list_filter = (ApiKeyStateFilter, "organization")
+    list_filter = (ApiKeyStateFilter, BY_ORGANIZATION)
     list_select_related = ("organization",)
     # prefix__exact rather than "=prefix": iexact would wrap the column in UPPER() and
     # miss its unique index.
@@ -209,168 +207,14 @@ class ApiKeyAdmin(admin.ModelAdmin):
         obj._state.db = issued.api_key._state.db
         messages.success(request, f"Copy it now, it is not shown again: {issued.raw_key}")
 
-    @admin.action(description="Revoke selected keys")
+    @admin.action(description="Revoke selected keys", permissions=["change"])
     def revoke_keys(self, request: HttpRequest, queryset: QuerySet[ApiKey]) -> None:
         revoked = 0
-        for api_key in queryset.filter(revoked_at__isnull=True):
+        for api_key in scope_queryset(queryset, request, EDIT).filter(revoked_at__isnull=True):
             services.api_key_revoke(api_key=api_key)
             revoked += 1
         self.message_user(request, f"Revoked {revoked} key(s).", messages.SUCCESS)
 
 
-# --- Agent definitions ------------------------------------------------------------------
-
-
-class AgentCapabilityInline(admin.TabularInline):
-    model = AgentCapability
-    extra = 0
-    fields = ("name", "config")
-    verbose_name = "intent"
-    verbose_name_plural = "intents"
-
-
-class AgentConfigInline(admin.TabularInline):
-    model = AgentConfig
-    extra = 0
-    fields = ("key", "value")
-
-
-class ToolInlineFormSet(BaseInlineFormSet):
-    """A tool added under an agent belongs to that agent's organization.
-
-    The inline has no organization column, so the (organization, slug) constraint is
-    skipped by model validation; it is checked here to answer with a form error instead
-    of an IntegrityError.
-    """
-
-    def clean(self) -> None:
-        super().clean()
-        organization_id = self.instance.organization_id
-        if organization_id is None:
-            return
-        seen: set[str] = set()
-        for form in self.forms:
-            if not form.has_changed() or form.cleaned_data.get("DELETE"):
-                continue
-            slug = form.cleaned_data.get("slug")
-            if not slug:
-                continue
-            taken = (
-                Tool.objects.filter(organization_id=organization_id, slug=slug)
-                .exclude(pk=form.instance.pk)
-                .exists()
-            )
-            if slug in seen or taken:
-                form.add_error("slug", "This organization already has a tool with this slug.")
-            seen.add(slug)
-
-    def save_new(self, form, commit=True):
-        form.instance.organization_id = self.instance.organization_id
-        return super().save_new(form, commit=commit)
-
-
-class ToolInline(admin.TabularInline):
-    model = Tool
-    formset = ToolInlineFormSet
-    extra = 0
-    fields = ("name", "slug", "description")
-    show_change_link = True
-
-
-@admin.register(Agent)
-class AgentAdmin(admin.ModelAdmin):
-    list_display = (
-        "name",
-        "slug",
-        "organization",
-        "kind",
-        "status",
-        "intents",
-        "handler",
-        "version",
-        "owner_team",
-        "updated_at",
-    )
-    list_filter = ("status", "kind", "organization")
-    list_select_related = ("organization",)
-    search_fields = ("name", "slug", "handler", "owner_team", "capabilities__name")
-    autocomplete_fields = ("organization",)
-    readonly_fields = TIMESTAMPS
-    prepopulated_fields = {"slug": ("name",)}
-    inlines = (AgentCapabilityInline, AgentConfigInline, ToolInline)
-    actions = ("activate", "pause", "disable")
-
-    def get_queryset(self, request: HttpRequest) -> QuerySet[Agent]:
-        # One query for the intents column of a whole page instead of one per row.
-        return super().get_queryset(request).prefetch_related("capabilities")
-
-    @admin.display(description="intents")
-    def intents(self, obj: Agent) -> str:
-        return ", ".join(capability.name for capability in obj.capabilities.all())
-
-    def _set_status(self, request: HttpRequest, queryset: QuerySet[Agent], status: str) -> None:
-        changed = services.agent_set_status(agents=queryset, status=status)
-        label = AgentStatus(status).label.lower()
-        self.message_user(request, f"{changed} agent(s) set to {label}.", messages.SUCCESS)
-
-    @admin.action(description="Activate selected agents")
-    def activate(self, request: HttpRequest, queryset: QuerySet[Agent]) -> None:
-        self._set_status(request, queryset, AgentStatus.ACTIVE)
-
-    @admin.action(description="Pause selected agents")
-    def pause(self, request: HttpRequest, queryset: QuerySet[Agent]) -> None:
-        self._set_status(request, queryset, AgentStatus.PAUSED)
-
-    @admin.action(description="Disable selected agents")
-    def disable(self, request: HttpRequest, queryset: QuerySet[Agent]) -> None:
-        self._set_status(request, queryset, AgentStatus.DISABLED)
-
-
-@admin.register(AgentCapability)
-class AgentCapabilityAdmin(admin.ModelAdmin):
-    list_display = ("name", "agent", "agent_organization", "agent_status")
-    list_filter = ("agent__status", "agent__organization")
-    list_select_related = ("agent__organization",)
-    search_fields = ("name", "agent__name", "agent__slug")
-    autocomplete_fields = ("agent",)
-    readonly_fields = TIMESTAMPS
-
-    @admin.display(description="organization", ordering="agent__organization__slug")
-    def agent_organization(self, obj: AgentCapability) -> Organization:
-        return obj.agent.organization
-
-    @admin.display(description="agent status", ordering="agent__status")
-    def agent_status(self, obj: AgentCapability) -> str:
-        return obj.agent.get_status_display()
-
-
-@admin.register(AgentConfig)
-class AgentConfigAdmin(admin.ModelAdmin):
-    list_display = ("key", "agent", "updated_at")
-    list_filter = ("agent__organization",)
-    list_select_related = ("agent",)
-    search_fields = ("key", "agent__name", "agent__slug")
-    autocomplete_fields = ("agent",)
-    readonly_fields = TIMESTAMPS
-
-
-@admin.register(Tool)
-class ToolAdmin(admin.ModelAdmin):
-    list_display = ("slug", "name", "organization", "agent", "updated_at")
-    list_filter = ("organization",)
-    list_select_related = ("organization", "agent")
-    search_fields = ("slug", "name", "description")
-    autocomplete_fields = ("organization", "agent")
-    readonly_fields = TIMESTAMPS
-    prepopulated_fields = {"slug": ("name",)}
-
-
-@admin.register(Dataset)
-class DatasetAdmin(admin.ModelAdmin):
-    list_display = ("slug", "name", "organization", "kind", "source", "updated_at")
-    list_filter = ("kind", "organization")
-    list_select_related = ("organization",)
-    search_fields = ("slug", "name", "source")
-    autocomplete_fields = ("organization",)
-    readonly_fields = TIMESTAMPS
-    prepopulated_fields = {"slug": ("name",)}
+# The agent definitions' admin, split out by concern; imported last, as it uses the above.
+from agents import admin_definitions  # noqa: E402,F401

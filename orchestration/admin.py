@@ -4,15 +4,30 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.views.main import ChangeList
+from django.forms.models import BaseInlineFormSet
 from django.http import HttpRequest
+from django.urls import reverse
 from django.utils import timezone
+from django.utils.html import format_html, format_html_join
 
-from agents.admin import AgentAdmin
+from agents.admin_definitions import (
+    AgentAdmin,
+    AgentCapabilityInline,
+    AgentConfigInline,
+    AgentForm,
+    ToolInline,
+)
+from agents.admin_scope import OPERATE, ScopedRelatedFieldListFilter, scope_queryset
+from agents.choices import AgentStatus
 from agents.models import Agent
+from orchestration import console
+from orchestration.choices import NodeStatus
 from orchestration.models import OrchestratorConfigRevision, OrchestratorEvent, OrchestratorNode
 from orchestration.policies import CircuitState, PolicyStoreUnavailable, policy_store
+from orchestration.services.agent_config_schema import HTTP_HANDLER, agent_config_errors
 from orchestration.services.circuits import circuit_force, circuit_list
 from orchestration.services.nodes import (
     NodeNotFound,
@@ -21,15 +36,27 @@ from orchestration.services.nodes import (
     node_unregister,
 )
 from orchestration.services.reaper import node_failover
-from runs.admin import (
-    TIMESTAMPS,
+from runs.admin import TIMESTAMPS
+from runs.admin_records import (
     LargeTablePaginator,
     RecordAdmin,
     deferring_changelist,
+    duration_text,
     parse_uuid,
     pretty_json,
     run_link,
+    status_badge,
 )
+from runs.models import AgentRun
+
+NODE_STATUS_COLORS = {
+    NodeStatus.ACTIVE: "#15803d",
+    NodeStatus.DRAINING: "#a16207",
+    NodeStatus.UNHEALTHY: "#c2410c",
+    NodeStatus.FAILED: "#b91c1c",
+    NodeStatus.OFFLINE: "#6b7280",
+}
+RECENT_RUNS = 10
 
 
 @admin.register(OrchestratorNode)
@@ -42,7 +69,7 @@ class OrchestratorNodeAdmin(admin.ModelAdmin):
 
     list_display = (
         "node_id",
-        "status",
+        "status_badge",
         "region",
         "capacity",
         "active_runs",
@@ -66,6 +93,20 @@ class OrchestratorNodeAdmin(admin.ModelAdmin):
     def has_operate_permission(self, request: HttpRequest) -> bool:
         """The actions: staff who may see nodes may steer them (the rows stay read-only)."""
         return request.user.is_staff and self.has_view_permission(request)
+
+    def get_urls(self):
+        # The console's JSON endpoint hangs off the fleet's admin: it needs an admin URL
+        # (login, staff check) and the site itself stays django.contrib.admin.site.
+        return [*console.admin_urls(self.admin_site), *super().get_urls()]
+
+    @admin.display(description="status", ordering="status")
+    def status_badge(self, obj: OrchestratorNode) -> str:
+        return format_html(
+            '<span class="node-status" style="background:{};color:#fff;padding:1px 7px;'
+            'border-radius:9px;font-size:11px">{}</span>',
+            NODE_STATUS_COLORS.get(obj.status, "#6b7280"),
+            obj.get_status_display(),
+        )
 
     def _each_node(self, request: HttpRequest, queryset, action, verb: str) -> None:
         done, refused = [], []
@@ -117,8 +158,18 @@ class OrchestratorNodeAdmin(admin.ModelAdmin):
 
 @admin.register(OrchestratorEvent)
 class OrchestratorEventAdmin(RecordAdmin):
-    list_display = ("id", "type", "organization", "agent", "run_id_link", "node_id", "created_at")
-    list_filter = ("type",)
+    list_display = (
+        "id",
+        "type",
+        "organization",
+        "agent_link",
+        "run_id_link",
+        "node_id",
+        "created_at",
+    )
+    # EventType is a closed list, so the type filter needs no DISTINCT over the log.
+    list_filter = ("type", ("organization", ScopedRelatedFieldListFilter))
+    sortable_by = ("id",)
     # Not "run": its row carries the run's input and output, and only the id is shown.
     list_select_related = ("organization", "agent")
     search_fields = ("node_id__exact",)
@@ -135,6 +186,10 @@ class OrchestratorEventAdmin(RecordAdmin):
     @admin.display(description="run", ordering="run_id")
     def run_id_link(self, obj: OrchestratorEvent) -> str:
         return run_link(obj.run_id)
+
+    @admin.display(description="agent")
+    def agent_link(self, obj: OrchestratorEvent) -> str:
+        return agent_link(obj.agent)
 
     @admin.display(description="payload")
     def payload_json(self, obj: OrchestratorEvent) -> str:
@@ -170,22 +225,109 @@ class OrchestratorConfigRevisionAdmin(RecordAdmin):
         return pretty_json(obj.diff)
 
 
-class AgentWithCircuitAdmin(AgentAdmin):
-    """The agent editor plus its circuit: state on the page, force actions in the list.
+def agent_link(agent: Agent | None) -> str:
+    if agent is None:
+        return "-"
+    url = reverse("admin:agents_agent_change", args=[agent.pk])
+    return format_html('<a href="{}">{}</a>', url, agent.name)
 
-    Registered here rather than in agents/admin.py because circuits belong to the
-    orchestration layer, which may depend on agents but not the other way round.
+
+def config_messages(errors: list[tuple[str, str]]) -> list[str]:
+    return [f"{path}: {message}" for path, message in errors]
+
+
+class AgentConfigForm(AgentForm):
+    """The agent form, with its config JSON checked against what the orchestrator reads."""
+
+    def clean(self):
+        cleaned = super().clean()
+        config = cleaned.get("config")
+        if "config" in cleaned and not self.has_error("config"):
+            # An http agent's url may come from a config row instead: the rows' formset
+            # checks the assembled config for it.
+            errors = agent_config_errors(
+                config if config is not None else {},
+                handler=cleaned.get("handler") or "",
+                require_url=False,
+            )
+            if errors:
+                self.add_error("config", forms.ValidationError(config_messages(errors)))
+        return cleaned
+
+
+class AgentConfigEntryFormSet(BaseInlineFormSet):
+    """Each row overrides one top-level key of the agent's config, and is checked as such.
+
+    The config the orchestrator uses is the JSON with the rows laid over it
+    (agent_effective_config), so only here can an ACTIVE http agent be required to
+    have a url, wherever it is set.
     """
 
+    def clean(self) -> None:
+        super().clean()
+        agent = self.instance
+        handler = agent.handler or ""
+        effective = dict(agent.config) if isinstance(agent.config, dict) else {}
+        rows_valid = True
+        for form in self.forms:
+            cleaned = getattr(form, "cleaned_data", None) or {}
+            key = cleaned.get("key")
+            if not key or cleaned.get("DELETE"):
+                continue
+            errors = agent_config_errors(
+                {key: cleaned.get("value")}, handler=handler, require_url=False
+            )
+            if errors:
+                form.add_error("value", forms.ValidationError(config_messages(errors)))
+                rows_valid = False
+            effective[key] = cleaned.get("value")
+        if rows_valid and handler == HTTP_HANDLER and agent.status == AgentStatus.ACTIVE:
+            errors = agent_config_errors(effective, handler=handler, require_url=True)
+            missing_url = [(path, message) for path, message in errors if path == "url"]
+            if missing_url:
+                raise forms.ValidationError(config_messages(missing_url))
+
+
+class ValidatedAgentConfigInline(AgentConfigInline):
+    formset = AgentConfigEntryFormSet
+
+
+class AgentWithCircuitAdmin(AgentAdmin):
+    """The agent editor plus what the orchestration layer knows about the agent.
+
+    Its circuit (state on the page, force actions in the list), its recent runs, and its
+    config validated against the orchestrator's schema. Registered here rather than in
+    agents/admin.py because all three belong to the orchestration layer, which may
+    depend on agents but not the other way round.
+    """
+
+    form = AgentConfigForm
+    inlines = (AgentCapabilityInline, ValidatedAgentConfigInline, ToolInline)
     actions = (*AgentAdmin.actions, "force_open", "force_close", "release_circuit")
+
+    class Media:
+        css = {"all": ("orchestration/console.css",)}  # the recent runs table
 
     def get_readonly_fields(self, request: HttpRequest, obj=None):
         fields = super().get_readonly_fields(request, obj)
-        return (*fields, "circuit") if obj is not None else fields
+        return (*fields, "circuit", "recent_runs") if obj is not None else fields
+
+    def get_fieldsets(self, request: HttpRequest, obj=None):
+        fieldsets = super().get_fieldsets(request, obj)
+        if obj is None:
+            return fieldsets
+        return (
+            *fieldsets,
+            ("Circuit", {"fields": ("circuit",)}),
+            ("Recent runs", {"fields": ("recent_runs",)}),
+        )
 
     @admin.display(description="circuit")
     def circuit(self, obj: Agent) -> str:
-        item = circuit_list(agents=[obj])[0]
+        try:
+            item = circuit_list(agents=[obj])[0]
+        except PolicyStoreUnavailable as exc:
+            return f"unknown: the policy store is unreachable ({exc})"
         s = item.snapshot
         parts = [s.state]
         if s.opened_at:
@@ -198,30 +340,67 @@ class AgentWithCircuitAdmin(AgentAdmin):
         parts.append(f"store: {policy_store().backend}")
         return " · ".join(parts)
 
+    @admin.display(description="last runs")
+    def recent_runs(self, obj: Agent) -> str:
+        # run_agent_created_idx: this agent's newest runs, however many it has.
+        runs = (
+            AgentRun.objects.filter(agent_id=obj.pk)
+            .order_by("-created_at")
+            .only("id", "status", "intent", "error_code", "duration_ms", "created_at")[:RECENT_RUNS]
+        )
+        rows = [
+            (
+                reverse("admin:runs_agentrun_change", args=[run.pk]),
+                run.pk,
+                status_badge(run.status, run.get_status_display()),
+                run.intent,
+                run.error_code or "",
+                duration_text(run.duration_ms),
+                run.created_at.isoformat(sep=" ", timespec="seconds"),
+            )
+            for run in runs
+        ]
+        if not rows:
+            return "No run yet."
+        everything = reverse("admin:runs_agentrun_changelist") + f"?agent__id__exact={obj.pk}"
+        return format_html(
+            '<table class="recent-runs"><thead><tr><th>run</th><th>status</th><th>intent</th>'
+            "<th>error</th><th>duration</th><th>created</th></tr></thead><tbody>{}</tbody>"
+            '</table><p><a href="{}">All runs of this agent</a></p>',
+            format_html_join(
+                "",
+                '<tr><td><a href="{}">{}</a></td><td>{}</td><td>{}</td><td>{}</td>'
+                "<td>{}</td><td>{}</td></tr>",
+                rows,
+            ),
+            everything,
+        )
+
     def _force(self, request: HttpRequest, queryset, state: str | None, verb: str) -> None:
+        agents = list(scope_queryset(queryset, request, OPERATE).select_related("organization"))
         try:
-            for agent in queryset.select_related("organization"):
+            for agent in agents:
                 circuit_force(agent=agent, state=state, actor=f"admin:{request.user.pk}")
         except PolicyStoreUnavailable as exc:
             self.message_user(
                 request, f"The policy store is unreachable; nothing changed: {exc}", messages.ERROR
             )
             return
-        self.message_user(request, f"{verb} the circuit of {queryset.count()} agent(s).")
+        self.message_user(request, f"{verb} the circuit of {len(agents)} agent(s).")
 
-    @admin.action(description="Force circuit OPEN (reject all calls)")
+    @admin.action(description="Force circuit OPEN (reject all calls)", permissions=["operate"])
     def force_open(self, request: HttpRequest, queryset) -> None:
         self._force(request, queryset, CircuitState.OPEN, "Forced open")
 
-    @admin.action(description="Force circuit CLOSED (admit all calls)")
+    @admin.action(description="Force circuit CLOSED (admit all calls)", permissions=["operate"])
     def force_close(self, request: HttpRequest, queryset) -> None:
         self._force(request, queryset, CircuitState.CLOSED, "Forced closed")
 
-    @admin.action(description="Release a forced circuit")
+    @admin.action(description="Release a forced circuit", permissions=["operate"])
     def release_circuit(self, request: HttpRequest, queryset) -> None:
         self._force(request, queryset, None, "Released")
 
 
 admin.site.unregister(Agent)
 admin.site.register(Agent, AgentWithCircuitAdmin)
-from orchestration import admin_config  # noqa: E402,F401
+from orchestration import admin_config, admin_runs  # noqa: E402,F401

@@ -97,6 +97,19 @@ class AgentRun(BaseModel):
                 condition=models.Q(status__in=[RunStatus.PENDING, RunStatus.RUNNING]),
                 name="run_active_status_idx",
             ),
+            # An agent's newest runs: the agent page's recent runs and the run list
+            # filtered by agent (admin), newest first.
+            models.Index(fields=["agent", "created_at"], name="run_agent_created_idx"),
+            # The run list filtered by status, newest first (admin), and the console's
+            # latest failures; the partial run_active_status_idx covers only active runs.
+            models.Index(fields=["status", "created_at"], name="run_status_created_idx"),
+            # The run list filtered by error code (admin), newest first. Only runs that
+            # ended with one carry a code, so the index holds those alone.
+            models.Index(
+                fields=["error_code", "created_at"],
+                condition=models.Q(status__in=[RunStatus.FAILED, RunStatus.CANCELLED]),
+                name="run_error_created_idx",
+            ),
             # A node's recently finished runs: the latency estimate of POST route.
             models.Index(fields=["node_id", "completed_at"], name="run_node_completed_idx"),
             # A node's in-flight runs: node_heartbeat extends their leases, the node
