@@ -88,3 +88,26 @@ def test_embedded_default_uses_sqlite_locmem_and_eager_celery(tmp_path):
     assert cache.endswith("LocMemCache")
     assert flags == "True True"
     assert (tmp_path / "dev-secret-key").exists()
+
+
+def test_unknown_policy_fail_mode_fails_loudly(tmp_path):
+    result = _run({"POLICY_FAIL_MODE": "sideways", "VAR_DIR": str(tmp_path)}, "check")
+    assert result.returncode != 0
+    assert "POLICY_FAIL_MODE" in result.stderr
+
+
+def test_policy_and_event_settings_follow_the_redis_url(tmp_path):
+    code = (
+        "from django.conf import settings;"
+        "print(settings.EVENTS_CHANNEL, settings.POLICY_FAIL_MODE,"
+        " repr(getattr(settings, 'POLICY_REDIS_URL', None)))"
+    )
+    env = {"VAR_DIR": str(tmp_path), "REDIS_URL": "redis://127.0.0.1:6379/3"}
+    result = _run(env, "shell", "--no-imports", "-c", code)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["acp:events:3", "open", "None"]
+
+    env |= {"POLICY_REDIS_URL": "", "POLICY_FAIL_MODE": "closed", "EVENTS_CHANNEL": "blue"}
+    result = _run(env, "shell", "--no-imports", "-c", code)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["blue", "closed", "''"]

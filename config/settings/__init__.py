@@ -11,6 +11,7 @@ import os
 import secrets
 import socket
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
@@ -124,6 +125,23 @@ if REDIS_URL:
     }
 else:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+# The bus's Redis pub/sub channel. Channels are server-wide, not per database, so the
+# default names the database: deployments sharing one Redis server on different
+# databases do not hear each other's events.
+EVENTS_CHANNEL = env_str(
+    "EVENTS_CHANNEL",
+    f"acp:events:{(urlsplit(REDIS_URL).path.strip('/') or '0') if REDIS_URL else 'local'}",
+)
+
+# Shared policies (rate limits, circuit breakers; docs/FLEET.md). In Redis when
+# POLICY_REDIS_URL or else REDIS_URL is set; POLICY_REDIS_URL set but empty keeps them
+# process-local. POLICY_FAIL_MODE: what a decision does while that Redis is unreachable
+# ("open" admits, "closed" refuses; see the README).
+if "POLICY_REDIS_URL" in os.environ:
+    POLICY_REDIS_URL = os.environ["POLICY_REDIS_URL"].strip()
+POLICY_FAIL_MODE = env_str("POLICY_FAIL_MODE", "open")
+if POLICY_FAIL_MODE not in ("open", "closed"):
+    raise ImproperlyConfigured("POLICY_FAIL_MODE must be 'open' or 'closed'")
 
 # --- Celery -------------------------------------------------------------------
 CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", REDIS_URL)

@@ -3,7 +3,7 @@
 Publishing never fails the caller: an event that cannot be written is logged and
 counted, because losing an event must not lose the run that caused it.
 
-Live delivery happens once the row is committed: a Redis PUBLISH on CHANNEL when
+Live delivery happens once the row is committed: a Redis PUBLISH on EVENTS_CHANNEL when
 REDIS_URL is set (every process's streams hear it), otherwise -- the embedded default,
 one process -- a call of the in-process listeners (local_listen()).
 
@@ -27,8 +27,6 @@ from orchestration.choices import EventType
 from orchestration.models import OrchestratorEvent
 
 logger = logging.getLogger(__name__)
-
-CHANNEL = "acp:events"
 
 _redis = None
 _redis_lock = threading.Lock()
@@ -92,7 +90,7 @@ def _broadcast(event: OrchestratorEvent) -> None:
                 logger.exception("event %s: local listener failed", event.pk)
         return
     try:
-        client.publish(CHANNEL, json.dumps(wire, default=str))
+        client.publish(settings.EVENTS_CHANNEL, json.dumps(wire, default=str))
     except Exception as exc:  # the row is the source of truth; live delivery is best effort
         logger.warning("event %s not broadcast: %s", event.pk, exc)
 

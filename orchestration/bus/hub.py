@@ -24,7 +24,7 @@ import weakref
 import redis.asyncio as aioredis
 from django.conf import settings
 
-from orchestration.bus import CHANNEL, local_listen, local_unlisten
+from orchestration.bus import local_listen, local_unlisten
 
 logger = logging.getLogger(__name__)
 
@@ -120,7 +120,7 @@ class Hub:
             )
             pubsub = client.pubsub()
             try:
-                await pubsub.subscribe(CHANNEL)
+                await pubsub.subscribe(settings.EVENTS_CHANNEL)
                 # SUBSCRIBE is in force once Redis confirms it, not once it is sent.
                 deadline = time.monotonic() + SUBSCRIBE_TIMEOUT_S
                 while True:
@@ -142,7 +142,9 @@ class Hub:
                     try:
                         wire = json.loads(message["data"])
                     except (TypeError, ValueError):
-                        logger.warning("event hub: undecodable message on %s", CHANNEL)
+                        logger.warning(
+                            "event hub: undecodable message on %s", settings.EVENTS_CHANNEL
+                        )
                         continue
                     self._dispatch(wire)
             except asyncio.CancelledError:

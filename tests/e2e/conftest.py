@@ -6,8 +6,9 @@ which .ci/run installs with apt when it is missing, and are skipped without it.
 Playwright's sync API runs its own event loop in this thread while the browser is open,
 so Django's ORM, called from the test body meanwhile, would take the thread for an async
 context and refuse; DJANGO_ALLOW_ASYNC_UNSAFE says it is not one. The browser (and the
-loop, and that variable) lives for one module only, so the tests after it run as usual. The live server runs
-in another thread of this process, hence transactional database access for every test.
+loop, and that variable) lives for one module only, so the tests after it run as usual.
+The live server runs in another thread of this process, hence transactional database
+access for every test.
 """
 
 from __future__ import annotations
