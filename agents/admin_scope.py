@@ -5,8 +5,9 @@ organizations they are an active member of, and may do there what their role's s
 let them do through the API (agents/choices.py ROLE_SCOPES):
 
 - VIEW (agents:read; every role): list and open;
-- OPERATE (runs:write; operator, admin, owner): cancel and retry runs, force circuits;
-- EDIT (agents:write; admin, owner): add, change, delete, change an agent's status.
+- OPERATE (runs:write; operator, admin, owner): cancel and retry runs;
+- EDIT (agents:write; admin, owner): add, change, delete, change an agent's status,
+  force its circuit (as the API does).
 
 Django's model permissions still decide which kinds of objects a staff user may touch
 at all (give them through a group); the role narrows that per organization, so both

@@ -20,7 +20,7 @@ from agents.admin_definitions import (
     AgentForm,
     ToolInline,
 )
-from agents.admin_scope import OPERATE, ScopedRelatedFieldListFilter, scope_queryset
+from agents.admin_scope import EDIT, ScopedRelatedFieldListFilter, scope_queryset
 from agents.choices import AgentStatus
 from agents.models import Agent
 from orchestration import console
@@ -377,26 +377,33 @@ class AgentWithCircuitAdmin(AgentAdmin):
         )
 
     def _force(self, request: HttpRequest, queryset, state: str | None, verb: str) -> None:
-        agents = list(scope_queryset(queryset, request, OPERATE).select_related("organization"))
+        # Forcing a circuit needs the right to edit the agent (agents:write), as over the API.
+        agents = list(scope_queryset(queryset, request, EDIT).select_related("organization"))
+        done = 0
         try:
             for agent in agents:
                 circuit_force(agent=agent, state=state, actor=f"admin:{request.user.pk}")
+                done += 1
         except PolicyStoreUnavailable as exc:
+            changed = ", ".join(a.slug for a in agents[:done]) or "none"
             self.message_user(
-                request, f"The policy store is unreachable; nothing changed: {exc}", messages.ERROR
+                request,
+                f"The policy store is unreachable ({exc}); {verb.lower()} {done} of"
+                f" {len(agents)} agent(s) before it failed: {changed}.",
+                messages.ERROR,
             )
             return
         self.message_user(request, f"{verb} the circuit of {len(agents)} agent(s).")
 
-    @admin.action(description="Force circuit OPEN (reject all calls)", permissions=["operate"])
+    @admin.action(description="Force circuit OPEN (reject all calls)", permissions=["change"])
     def force_open(self, request: HttpRequest, queryset) -> None:
         self._force(request, queryset, CircuitState.OPEN, "Forced open")
 
-    @admin.action(description="Force circuit CLOSED (admit all calls)", permissions=["operate"])
+    @admin.action(description="Force circuit CLOSED (admit all calls)", permissions=["change"])
     def force_close(self, request: HttpRequest, queryset) -> None:
         self._force(request, queryset, CircuitState.CLOSED, "Forced closed")
 
-    @admin.action(description="Release a forced circuit", permissions=["operate"])
+    @admin.action(description="Release a forced circuit", permissions=["change"])
     def release_circuit(self, request: HttpRequest, queryset) -> None:
         self._force(request, queryset, None, "Released")
 
