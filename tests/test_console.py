@@ -17,7 +17,8 @@ from agents.choices import AgentStatus, MemberRole
 from agents.models import Agent, Organization
 from orchestration.choices import EventType, NodeStatus
 from orchestration.models import OrchestratorEvent, OrchestratorNode
-from orchestration.policies import LocalPolicyStore, policy_store_reset
+from orchestration.policies import CircuitState, LocalPolicyStore, policy_store_reset
+from orchestration.services.circuits import circuit_list
 from runs.admin import LargeTablePaginator
 from runs.choices import RunStatus, StepStatus, ToolExecutionStatus
 from runs.models import AgentRun, AgentRunMetric, RunStep, ToolExecution
@@ -598,6 +599,7 @@ def test_operator_may_cancel_own_runs_but_not_edit_agents(org_a, agent_a, agent_
     client.post(RUNS, {"action": "cancel_runs", "_selected_action": [mine.pk, theirs.pk]})
     edit = client.post(agent_url(agent_a), agent_form(agent_a, name="Renamed"))
     pause = client.post(AGENTS, {"action": "pause", "_selected_action": [agent_a.pk]})
+    force = client.post(AGENTS, {"action": "force_open", "_selected_action": [agent_a.pk]})
 
     mine.refresh_from_db()
     theirs.refresh_from_db()
@@ -607,6 +609,9 @@ def test_operator_may_cancel_own_runs_but_not_edit_agents(org_a, agent_a, agent_
     assert edit.status_code == 403
     assert pause.status_code in (200, 302)
     assert agent_a.status == AgentStatus.ACTIVE
+    # Forcing a circuit needs agents:write, as over the API.
+    assert force.status_code in (200, 302)
+    assert circuit_list(agents=[agent_a])[0].snapshot.state == CircuitState.CLOSED
 
 
 def test_node_drain_action(admin_client):
