@@ -73,7 +73,14 @@ class PolicyStore(Protocol):
     last_error: str | None
 
     def rate_limit(self, *, keys: list[tuple[str, str]], limit: RateLimit) -> RateDecision:
-        """Admit one request against every key, or none. Keys end with ":<agent key>"."""
+        """Admit one request against every key, or none (GCRA, see lua/rate_limit.lua).
+
+        ``keys`` are (scope, key) pairs of one agent: each key ends with ":<agent key>".
+        An idle key admits a burst of ``limit.limit``, then one request per interval
+        (``window_s / limit``); a refusal's ``retry_after_s`` is the exact wait until the
+        same request would be admitted. ``remaining`` is how many more would be admitted
+        at this instant.
+        """
         ...
 
     def rate_rejections(self, *, agent_key: str) -> dict[str, int]:

@@ -19,6 +19,7 @@ from orchestration.policies.settings import CircuitSettings, RateLimit
 
 # One "rate.limited" event per key per this many seconds (the Redis store's SET PX NX).
 SAMPLE_PERIOD_S = 10.0
+_US = 1_000_000
 
 
 def agent_of(key: str) -> str:
@@ -51,46 +52,49 @@ class LocalPolicyStore:
         # (opened_at, next_probe_at) that the API shows as dates.
         self._clock = clock
         self._lock = threading.Lock()
-        self._hits: dict[str, deque] = {}
+        self._tats: dict[str, int] = {}  # key -> theoretical arrival time (us)
         self._samples: dict[str, float] = {}  # key -> end of its sampling period
         self._rejections: dict[str, dict[str, int]] = {}
         self._circuits: dict[str, _Circuit] = {}
         self._probe_ids = itertools.count(1)
 
-    # --- rate limit: sliding window log ---------------------------------------------------
+    # --- rate limit: GCRA, in the Redis script's integer microseconds ----------------------
     def rate_limit(self, *, keys: list[tuple[str, str]], limit: RateLimit) -> RateDecision:
-        now = self._clock()
+        clock = self._clock()
+        now = round(clock * _US)
+        interval = limit.interval_us
+        burst = interval * limit.limit
         with self._lock:
-            logs = []
-            worst_wait, worst = -1.0, None
+            tats = []
+            worst_wait, worst = 0, None
             for scope, key in keys:
-                log = self._hits.setdefault(key, deque())
-                while log and log[0] <= now - limit.window_s:
-                    log.popleft()
-                if len(log) >= limit.limit:
-                    # Admission needs len - limit + 1 entries to leave the window; every full
-                    # key must have room, so the answer is the longest wait among them.
-                    wait = limit.window_s
-                    if limit.limit > 0:
-                        wait = log[len(log) - limit.limit] + limit.window_s - now
-                    if wait > worst_wait:
-                        worst_wait, worst = wait, (scope, key)
-                logs.append(log)
+                # A TAT in the past means a full allowance, like the expired Redis key.
+                tat = max(self._tats.get(key, now), now) + interval
+                tats.append((key, tat))
+                # Every key must have room, so the answer is the longest wait among them.
+                wait = tat - burst - now
+                if wait > worst_wait:
+                    worst_wait, worst = wait, (scope, key)
             if worst is not None:
                 scope, key = worst
-                counts = self._rejections.setdefault(agent_of(key), {})
+                # One agent per decision, counted like the Redis store: under the first key's.
+                counts = self._rejections.setdefault(agent_of(keys[0][1]), {})
                 counts[scope] = counts.get(scope, 0) + 1
-                sampled = self._samples.get(key, 0.0) <= now
+                sampled = self._samples.get(key, 0.0) <= clock
                 if sampled:
-                    self._samples[key] = now + SAMPLE_PERIOD_S
+                    self._samples[key] = clock + SAMPLE_PERIOD_S
                     if len(self._samples) > 10_000:
-                        self._samples = {k: t for k, t in self._samples.items() if t > now}
+                        self._samples = {k: t for k, t in self._samples.items() if t > clock}
                 return RateDecision(
-                    False, limit.limit, 0, max(worst_wait, 0.001), scope, sample_event=sampled
+                    False, limit.limit, 0, worst_wait / _US, scope, sample_event=sampled
                 )
-            for log in logs:
-                log.append(now)
-            remaining = min(limit.limit - len(log) for log in logs) if logs else limit.limit
+            remaining = limit.limit
+            for key, tat in tats:
+                self._tats[key] = tat
+                remaining = min(remaining, (burst - (tat - now)) // interval)
+            if len(self._tats) > 10_000:
+                # Keys whose TAT has passed hold nothing a missing key would not.
+                self._tats = {k: t for k, t in self._tats.items() if t > now}
             return RateDecision(True, limit.limit, remaining)
 
     def rate_rejections(self, *, agent_key: str) -> dict[str, int]:

@@ -7,8 +7,11 @@ makes the rate limit exact and the HALF_OPEN probe reservations a real cluster-w
 Time comes from the server's TIME, never from the caller's clock.
 
 Keys (all under ``key_prefix``):
-  <key>                  rate-limit log (ZSET) for a caller's key, e.g. ``rl:<org>:<agent>``
-  rs:<key>               "an event was published lately" marker for that key (PX 10 s)
+  tat:<key>              rate-limit state of a caller's key (e.g. ``rl:<org>:<agent>``):
+                         its GCRA theoretical arrival time, an integer in us; it expires
+                         one to two bursts (limit x interval) after that time passes
+  rs:<key>|<scope>       "an event was published lately" marker for that key (PX 10 s);
+                         the script reads the scope from the name to count a refusal
   rej:<agent>            refused requests per scope (HASH)
   c:{<agent>}            circuit state (HASH); ``:w`` outcome window (LIST); ``:p`` probe
                          reservations (ZSET); ``:seq`` probe id counter
@@ -25,9 +28,9 @@ Nothing here needs Django, so benchmarks and test subprocesses can build one dir
 from __future__ import annotations
 
 import logging
-import secrets
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -50,12 +53,14 @@ logger = logging.getLogger(__name__)
 FAIL_MODES = ("open", "closed")
 _LUA_DIR = Path(__file__).with_name("lua")
 _US = 1_000_000
+_RATE_CACHE_SIZE = 4096
 _CLOSED = CircuitPermit(True, CircuitState.CLOSED)
 _FORCED_CLOSED = CircuitPermit(True, CircuitState.FORCED_CLOSED)
 
 
-def _lua(name: str) -> str:
-    return (_LUA_DIR / "prelude.lua").read_text() + "\n" + (_LUA_DIR / f"{name}.lua").read_text()
+def _lua(name: str, *, prelude: bool = True) -> str:
+    script = (_LUA_DIR / f"{name}.lua").read_text()
+    return (_LUA_DIR / "prelude.lua").read_text() + "\n" + script if prelude else script
 
 
 def _us(seconds: float) -> int:
@@ -65,6 +70,19 @@ def _us(seconds: float) -> int:
 def _now_arg(now: float | None) -> str:
     """'' lets the script read Redis TIME (always, outside tests); tests pass a fake clock."""
     return "" if now is None else str(_us(now))
+
+
+_ADMITTED: dict[tuple[int, int], RateDecision] = {}
+
+
+def _admitted(limit: int, remaining: int) -> RateDecision:
+    """Admissions are immutable and few (one per limit and remaining): build each once."""
+    decision = _ADMITTED.get((limit, remaining))
+    if decision is None:
+        if len(_ADMITTED) >= _RATE_CACHE_SIZE:
+            _ADMITTED.clear()
+        decision = _ADMITTED[limit, remaining] = RateDecision(True, limit, remaining)
+    return decision
 
 
 def _text(value: Any) -> str:
@@ -99,7 +117,8 @@ class RedisPolicyStore:
             socket_connect_timeout=socket_timeout_s,
             retry=Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)),
         )
-        self._rate = self.client.register_script(_lua("rate_limit"))
+        self._rate = self.client.register_script(_lua("rate_limit", prelude=False))
+        self._rate_cache: dict[tuple, tuple] = {}
         self._acquire = self.client.register_script(_lua("circuit_acquire"))
         self._record = self.client.register_script(_lua("circuit_record"))
         self._snapshot = self.client.register_script(_lua("circuit_snapshot"))
@@ -114,8 +133,12 @@ class RedisPolicyStore:
         self._health_lock = threading.Lock()
 
     # --- availability -------------------------------------------------------------------
-    def _call(self, script, keys: list[str], args: list[Any]) -> Any:
+    def _call(self, script, keys: Sequence[str], args: Sequence[Any]) -> Any:
         """Run one script; None when Redis is unavailable (the caller answers the fail mode)."""
+        return self._run(script, ("EVALSHA", script.sha, len(keys), *keys, *args))
+
+    def _run(self, script, command: tuple) -> Any:
+        """``command`` is the whole EVALSHA command: ("EVALSHA", sha, numkeys, keys, args)."""
         if self._skip_until and time.monotonic() < self._skip_until:
             return None
         try:
@@ -123,9 +146,10 @@ class RedisPolicyStore:
                 # EVALSHA straight away: the registered Script's own call costs a few
                 # microseconds more per decision; it still handles NOSCRIPT (a restarted or
                 # failed-over Redis): it loads the script and runs it again.
-                result = self.client.evalsha(script.sha, len(keys), *keys, *args)
+                result = self.client.execute_command(*command)
             except redis.exceptions.NoScriptError:
-                result = script(keys=keys, args=args)
+                numkeys = command[2]
+                result = script(keys=list(command[3 : 3 + numkeys]), args=command[3 + numkeys :])
         except redis.RedisError as exc:
             self._failed(exc)
             return None
@@ -156,35 +180,59 @@ class RedisPolicyStore:
             )
 
     # --- rate limit ---------------------------------------------------------------------------
+    def _rate_command(self, keys: list[tuple[str, str]], limit: RateLimit) -> tuple:
+        """The whole EVALSHA command of a decision on these keys under this limit.
+
+        A decision sits in front of every request: formatting its key names and converting
+        its numbers afresh each time costs a visible share of a round trip (see
+        bench/policies.py), so each command is built once. The cache is bounded by clearing
+        it whole; it refills in one request per caller.
+        """
+        cache_key = (tuple(keys), limit.limit, limit.window_s)
+        command = self._rate_cache.get(cache_key)
+        if command is None:
+            if any("|" in scope for scope, _ in keys):
+                raise ValueError("a rate-limit scope cannot contain '|'")
+            prefix = self.prefix
+            # Every key and argument costs on both ends of the wire, so the scopes travel in
+            # the sample keys' names (the script reads them only to count a refusal).
+            command = (
+                "EVALSHA",
+                self._rate.sha,
+                2 * len(keys) + 1,
+                *[f"{prefix}tat:{key}" for _, key in keys],
+                *[f"{prefix}rs:{key}|{scope}" for scope, key in keys],
+                # One agent per decision: its keys all end with the same agent.
+                f"{prefix}rej:{agent_of(keys[0][1])}",
+                str(limit.interval_us),
+                str(limit.limit),
+            )
+            if len(self._rate_cache) >= _RATE_CACHE_SIZE:
+                self._rate_cache.clear()
+            self._rate_cache[cache_key] = command
+        return command
+
     def rate_limit(
         self, *, keys: list[tuple[str, str]], limit: RateLimit, now: float | None = None
     ) -> RateDecision:
         """``now`` (epoch seconds) is for tests only; production always uses Redis TIME."""
         if not keys:
-            return RateDecision(True, limit.limit, limit.limit)
-        logs = [self.prefix + key for _, key in keys]
-        redis_keys = (
-            logs
-            + [f"{self.prefix}rs:{key}" for _, key in keys]
-            + [f"{self.prefix}rej:{agent_of(key)}" for _, key in keys]
-        )
-        args = [_now_arg(now), limit.limit, _us(limit.window_s), secrets.token_hex(8)]
-        args += [scope for scope, _ in keys]
-        result = self._call(self._rate, redis_keys, args)
+            return _admitted(limit.limit, limit.limit)
+        command = self._rate_cache.get((tuple(keys), limit.limit, limit.window_s))
+        if command is None:
+            command = self._rate_command(keys, limit)
+        if now is not None:
+            command = (*command, str(_us(now)))
+        result = self._run(self._rate, command)
+        if isinstance(result, int):
+            return _ADMITTED.get((limit.limit, result)) or _admitted(limit.limit, result)
         if result is None:
             if self.fail_mode == "open":
-                return RateDecision(True, limit.limit, limit.limit)
+                return _admitted(limit.limit, limit.limit)
             return RateDecision(False, limit.limit, 0, 1.0, "unavailable")
-        if isinstance(result, int):
-            return RateDecision(True, limit.limit, result)
         wait_us, index, sampled = result
         return RateDecision(
-            False,
-            limit.limit,
-            0,
-            max(wait_us / _US, 0.001),
-            keys[index - 1][0],
-            sample_event=bool(sampled),
+            False, limit.limit, 0, wait_us / _US, keys[index - 1][0], sample_event=bool(sampled)
         )
 
     def rate_rejections(self, *, agent_key: str) -> dict[str, int]:

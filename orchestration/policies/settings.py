@@ -36,8 +36,24 @@ def _merged(section: str, *layers: dict) -> dict:
 
 @dataclass(frozen=True)
 class RateLimit:
+    """``limit`` requests per ``window_s``, enforced with GCRA (see lua/rate_limit.lua)."""
+
     limit: int
     window_s: float
+
+    @property
+    def interval_us(self) -> int:
+        """The emission interval in whole microseconds: one request per interval, sustained.
+
+        Rounded up, so the sustained rate never exceeds the configured one; the burst is
+        counted in intervals (``limit`` of them), so it is exactly ``limit`` whatever the
+        rounding. Both stores compute in these integer microseconds, so they agree exactly.
+        A limit of 0 admits nothing: one interval is then the whole window.
+        """
+        window_us = max(1, round(self.window_s * 1_000_000))
+        if self.limit <= 0:
+            return window_us
+        return -(-window_us // self.limit)
 
 
 @dataclass(frozen=True)

@@ -78,7 +78,12 @@ class StrictSerializer(serializers.Serializer):
 
 class ConfigRateLimitSerializer(StrictSerializer):
     limit = Integer(min_value=1, help_text="Requests admitted per window, per agent.")
-    window_s = Number(validators=[_above(0)], help_text="Length of the sliding window (s).")
+    window_s = Number(
+        validators=[_above(0)],
+        help_text=(
+            "Window (s) of the limit (GCRA: a burst of `limit`, then one per window_s / limit)."
+        ),
+    )
 
 
 class ConfigRetrySerializer(StrictSerializer):

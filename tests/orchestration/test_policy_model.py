@@ -2,9 +2,11 @@
 
 The process-local store runs on an injected fake clock and the Redis store on the
 scripts' test-only explicit time, so one sequence of operations means the same instants
-for the model and both stores. Times are whole seconds from a fixed epoch, exactly
-representable both as floats and as the scripts' microseconds; the waits are tens of
-seconds, so no Redis key expires (in real time) while an example runs.
+for the model and both stores. Times are whole seconds (circuits) or whole microseconds
+(the rate limit) from a fixed epoch, exactly representable both as floats and as the
+scripts' microseconds; the waits are tens of seconds, so no Redis key expires (in real
+time) while an example runs. The rate limit's model also checks GCRA's guarantee itself:
+never more than limit + floor(span / interval) admissions in any span.
 """
 
 from __future__ import annotations
@@ -105,23 +107,29 @@ class ModelCircuit:
 
 @dataclass
 class ModelRateLimit:
-    logs: dict[str, list[float]] = field(default_factory=dict)
+    """GCRA as the docs state it, in whole microseconds.
 
-    def decide(self, now: float, keys: list[tuple[str, str]], limit: RateLimit) -> tuple:
+    Each key has a theoretical arrival time (TAT). A request moves it one interval
+    T = ceil(window / limit) later, from now if it lies in the past, and is admitted while
+    the moved TAT is at most limit * T ahead of now; every key must admit, or none moves.
+    """
+
+    tats: dict[str, int] = field(default_factory=dict)
+    admitted: dict[str, list[int]] = field(default_factory=dict)  # key -> admission times
+
+    def decide(self, now: int, keys: list[tuple[str, str]], limit: RateLimit) -> tuple:
         """(allowed, remaining, retry_after, scope)"""
-        for _, key in keys:
-            self.logs[key] = [t for t in self.logs.get(key, []) if t > now - limit.window_s]
-        full = [
-            (self.logs[key][len(self.logs[key]) - limit.limit] + limit.window_s - now, -i, scope)
-            for i, (scope, key) in enumerate(keys)
-            if len(self.logs[key]) >= limit.limit
-        ]
-        if full:
-            wait, _, scope = max(full)  # the longest wait; the first key on a tie
-            return (False, 0, wait, scope)
-        for _, key in keys:
-            self.logs[key].append(now)
-        return (True, min(limit.limit - len(self.logs[key]) for _, key in keys), 0.0, "")
+        interval = -(-round(limit.window_s * 1_000_000) // limit.limit)
+        burst = limit.limit * interval
+        moved = [max(self.tats.get(key, now), now) + interval for _, key in keys]
+        waits = [tat - burst - now for tat in moved]
+        worst = max(range(len(keys)), key=lambda i: (waits[i], -i))  # the first on a tie
+        if waits[worst] > 0:
+            return (False, 0, waits[worst] / 1_000_000, keys[worst][0])
+        for (_, key), tat in zip(keys, moved, strict=True):
+            self.tats[key] = tat
+            self.admitted.setdefault(key, []).append(now)
+        return (True, min((burst - (tat - now)) // interval for tat in moved), 0.0, "")
 
 
 def _note(text: str) -> None:
@@ -269,13 +277,22 @@ class CircuitMatchesTheModel(_BothStores):
 
 
 class RateLimitMatchesTheModel(_BothStores):
+    """The clock moves in whole microseconds (``now_us``); both stores see the same instant
+    as epoch seconds (``now``), which converts back to the same microsecond exactly."""
+
     def __init__(self) -> None:
         super().__init__()
         self.model = ModelRateLimit()
+        self.now_us = round(EPOCH * 1_000_000)
+        self.last_wait: float | None = None
+
+    def _tick(self, microseconds: int) -> None:
+        self.now_us += microseconds
+        self.now = self.now_us / 1_000_000
 
     @rule(keys=st.sampled_from([RATE_KEYS, RATE_KEYS[:1], RATE_KEYS[1:], RATE_KEYS[::-1]]))
     def rate_limit(self, keys) -> None:
-        expected = self.model.decide(self.now, keys, RATE_LIMIT)
+        expected = self.model.decide(self.now_us, keys, RATE_LIMIT)
         _note(f"rate {'allowed' if expected[0] else 'refused'}")
         for decision in (
             self.local.rate_limit(keys=keys, limit=RATE_LIMIT),
@@ -287,10 +304,29 @@ class RateLimitMatchesTheModel(_BothStores):
                 decision.retry_after_s,
                 decision.scope,
             ) == expected
+        if not expected[0]:
+            self.last_wait = expected[2]
 
-    @rule(seconds=st.sampled_from([0, 1, 5, 10, 19, 20, 21]))
+    @rule(seconds=st.sampled_from([0, 1, 5, 6, 7, 10, 19, 20, 21]))
     def advance(self, seconds) -> None:
-        self.now += seconds
+        self._tick(seconds * 1_000_000)
+
+    @precondition(lambda self: self.last_wait is not None)
+    @rule(offset_us=st.sampled_from([-1, 0, 1]))
+    def advance_to_the_retry_after(self, offset_us) -> None:
+        """Land on the instant the last refusal named, where off-by-one mistakes live."""
+        self._tick(round(self.last_wait * 1_000_000) + offset_us)
+        self.last_wait = None
+
+    @invariant()
+    def never_more_than_the_guarantee(self) -> None:
+        """In any span [a, b] a key admits at most limit + floor((b - a) / T) requests."""
+        interval = -(-round(RATE_LIMIT.window_s * 1_000_000) // RATE_LIMIT.limit)
+        for times in self.model.admitted.values():
+            for first in range(len(times)):
+                for last in range(first, len(times)):
+                    allowance = RATE_LIMIT.limit + (times[last] - times[first]) // interval
+                    assert last - first + 1 <= allowance
 
 
 _BOUNDED = settings(
@@ -385,10 +421,38 @@ def test_circuit_boundaries(steps):
 def test_rate_limit_boundaries():
     machine = RateLimitMatchesTheModel()
     try:
-        for seconds in (0, 1, 1, 0, 18, 1, 0, 1, 19, 20, 0):
+        for seconds in (0, 1, 1, 0, 18, 1, 0, 1, 19, 20, 0, 6, 7):
             machine.advance(seconds)
             machine.rate_limit(RATE_KEYS)
             machine.rate_limit(RATE_KEYS[1:])
+            machine.never_more_than_the_guarantee()
+    finally:
+        machine.teardown()
+
+
+@needs_redis
+@pytest.mark.parametrize("offset_us", [-1, 0, 1])
+def test_a_burst_of_the_limit_then_one_per_interval(offset_us):
+    """From idle exactly ``limit`` at once; then one per interval, each admitted on the very
+    microsecond its refusal's Retry-After named (and refused one microsecond before)."""
+    machine = RateLimitMatchesTheModel()  # every step asserts both stores against the model
+    try:
+        for _ in range(RATE_LIMIT.limit + 1):
+            machine.rate_limit(RATE_KEYS)
+        admitted = machine.model.admitted[RATE_KEYS[0][1]]
+        assert len(admitted) == RATE_LIMIT.limit
+        assert machine.last_wait == 6.666667  # 20 s / 3, rounded up to the microsecond
+        for n in range(1, 4):
+            machine.advance_to_the_retry_after(offset_us)
+            machine.rate_limit(RATE_KEYS)
+            if offset_us < 0:
+                assert machine.last_wait == 0.000001
+                machine.advance_to_the_retry_after(0)
+                machine.rate_limit(RATE_KEYS)
+            assert len(admitted) == RATE_LIMIT.limit + n
+            machine.rate_limit(RATE_KEYS)  # at once: refused for about one more interval
+            assert machine.last_wait is not None
+            machine.never_more_than_the_guarantee()
     finally:
         machine.teardown()
 
@@ -417,7 +481,7 @@ def test_redis_store_samples_one_event_per_key_per_ten_seconds():
         store.rate_limit(keys=RATE_KEYS, limit=limit)
         samples = [store.rate_limit(keys=RATE_KEYS, limit=limit).sample_event for _ in range(5)]
         assert samples == [True, False, False, False, False]
-        ttl_ms = store.client.pttl(f"{store.prefix}rs:{RATE_KEYS[0][1]}")
+        ttl_ms = store.client.pttl(f"{store.prefix}rs:{RATE_KEYS[0][1]}|organization")
         assert 9_000 < ttl_ms <= 10_000
         assert store.rate_rejections(agent_key=AGENT) == {"organization": 5}
     finally:

@@ -223,28 +223,43 @@ def spare_redis() -> Iterator[SpareRedis]:
 
 
 # --- rate limit -----------------------------------------------------------------------------
+def _redis_now_us(client: redis.Redis) -> int:
+    seconds, micros = client.time()
+    return seconds * 1_000_000 + micros
+
+
 def test_four_processes_admit_exactly_the_limit(workers, prefix, store):
-    limit = RateLimit(limit=100, window_s=60)
+    # GCRA admits a burst of exactly `limit`, then one per interval (window / limit). With
+    # an interval of 36 s, the 1,000 racing requests get the burst and nothing more unless
+    # the race itself lasts 36 s: the bound below is GCRA's guarantee over the race's span,
+    # measured on the Redis clock the script uses.
+    limit = RateLimit(limit=100, window_s=3600)
+    interval_us = limit.interval_us
+    started_us = _redis_now_us(store.client)
     start_at = time.time() + 0.5
     for i, worker in enumerate(workers[:4]):
         keys = [("organization", "rl:org-1:agent-1"), ("principal", f"rl:user-{i}:agent-1")]
         worker.send("rate", prefix, keys=keys, limit=limit, n=250, start_at=start_at)
     decisions = [d for worker in workers[:4] for d in worker.result()]
+    ended_us = _redis_now_us(store.client)
 
     assert len(decisions) == 1000
     admitted = [d for d in decisions if d.allowed]
     refused = [d for d in decisions if not d.allowed]
-    assert len(admitted) == 100
-    assert store.client.zcard(f"{prefix}rl:org-1:agent-1") == 100
+    assert 100 <= len(admitted) <= 100 + (ended_us - started_us) // interval_us
+    # The organization's TAT moved exactly one interval per admission, from the instant of
+    # the first one.
+    tat = int(store.client.get(f"{prefix}tat:rl:org-1:agent-1"))
+    assert started_us <= tat - len(admitted) * interval_us <= ended_us
     assert {d.scope for d in refused} == {"organization"}
-    assert all(0 < d.retry_after_s <= 60 for d in refused)
+    assert all(0 < d.retry_after_s <= 3600 for d in refused)
     # Every refusal is counted, but only one of them may publish an event per 10 s.
-    assert store.rate_rejections(agent_key="agent-1") == {"organization": 900}
+    assert store.rate_rejections(agent_key="agent-1") == {"organization": len(refused)}
     assert sum(d.sample_event for d in refused) == 1
 
 
 def test_rate_limit_retry_after_is_exact(store):
-    limit = RateLimit(limit=3, window_s=2)
+    limit = RateLimit(limit=3, window_s=2)  # a burst of 3, then one per 2/3 s
     keys = [("organization", "rl:org-1:agent-1"), ("principal", "rl:key-1:agent-1")]
     first_at = time.time()
     assert all(store.rate_limit(keys=keys, limit=limit).allowed for _ in range(3))
@@ -254,9 +269,13 @@ def test_rate_limit_retry_after_is_exact(store):
     refused = store.rate_limit(keys=keys, limit=limit)
 
     assert not refused.allowed
-    assert refused.retry_after_s == pytest.approx(first_at + 2 - asked_at, abs=0.05)
+    # The burst's first request has been paid back one interval after it was admitted.
+    assert refused.retry_after_s == pytest.approx(first_at + 2 / 3 - asked_at, abs=0.05)
     time.sleep(refused.retry_after_s + 0.02)
     assert store.rate_limit(keys=keys, limit=limit).allowed
+    again = store.rate_limit(keys=keys, limit=limit)
+    assert not again.allowed
+    assert again.retry_after_s == pytest.approx(2 / 3 - 0.02, abs=0.05)
 
 
 def test_the_longest_wait_among_full_keys_is_the_answer(store):
@@ -272,6 +291,50 @@ def test_the_longest_wait_among_full_keys_is_the_answer(store):
 
     assert (refused.allowed, refused.scope) == (False, "organization")
     assert refused.retry_after_s == pytest.approx(10, abs=0.1)
+
+
+def test_a_refusal_moves_no_key_and_idle_keys_expire(store):
+    limit = RateLimit(limit=2, window_s=1)  # interval 0.5 s, burst 1 s
+    org, caller = ("organization", "rl:org-1:agent-1"), ("principal", "rl:key-1:agent-1")
+    assert store.rate_limit(keys=[org], limit=limit).allowed
+    assert store.rate_limit(keys=[org], limit=limit).allowed
+    tat_key = f"{store.prefix}tat:{org[1]}"
+    tat = int(store.client.get(tat_key))
+
+    def expires_at_us() -> int:
+        expires_in_ms = store.client.pttl(tat_key)
+        return _redis_now_us(store.client) + expires_in_ms * 1000
+
+    # A key outlives its TAT (forgetting it early would admit too much) and goes away by
+    # itself once idle: between one and two bursts after it.
+    assert tat + 1_000_000 - 2_000 <= expires_at_us() <= tat + 2_000_000 + 50_000
+
+    # The organization refuses: the caller's fresh key must not have been charged either.
+    refused = store.rate_limit(keys=[caller, org], limit=limit)
+    assert (refused.allowed, refused.scope) == (False, "organization")
+    assert int(store.client.get(tat_key)) == tat
+    assert store.rate_limit(keys=[caller], limit=limit).remaining == 1
+    assert expires_at_us() >= tat + 1_000_000 - 2_000
+
+
+def test_a_key_is_re_armed_only_when_its_tat_enters_the_next_span(store):
+    """Expiry is set once per span of one burst (here 1 s), not on every write."""
+    limit = RateLimit(limit=2, window_s=1)  # interval 0.5 s
+    keys = [("organization", "rl:org-1:agent-1")]
+    tat_key = f"{store.prefix}tat:{keys[0][1]}"
+
+    def expiry_ms(at: float) -> int:
+        assert store.rate_limit(keys=keys, limit=limit, now=at).allowed
+        return store.client.pttl(tat_key)
+
+    # Explicit script times: TAT 1000.5 lies in span [1000, 1001), so the key expires at
+    # the end of the next span, 1002 -- 2 s after the request.
+    assert 1_900 < expiry_ms(1000.0) <= 2_000
+    # TAT 1001.0 entered span [1001, 1002): re-armed to 1003.
+    assert 2_900 < expiry_ms(1000.0) <= 3_000
+    # TAT 1001.5 stays in that span: the expiry is kept (a re-arm would answer 2.4 s).
+    assert 2_800 < expiry_ms(1000.6) <= 3_000
+    assert int(store.client.get(tat_key)) == 1_001_500_000
 
 
 # --- circuit breaker -------------------------------------------------------------------------

@@ -1,4 +1,5 @@
--- Shared by every policy script (prepended when the script is registered).
+-- Shared by the circuit scripts (prepended when a script is registered; rate_limit.lua
+-- reads the time itself, the same way, to stay as cheap as it can).
 --
 -- Time comes from the Redis server, never from the callers: every process and machine then
 -- agrees on windows and cool-downs even when their clocks drift. ARGV[1] is empty on the

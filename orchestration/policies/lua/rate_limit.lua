@@ -1,59 +1,89 @@
--- Sliding-window log over one or more keys, all or nothing.
+-- GCRA (the generic cell rate algorithm) over one or more keys, all or nothing.
 --
--- A ZSET per key holds one member per admitted request, scored by its time: the count is
--- exact under any concurrency (the script runs atomically) and Retry-After is exact too,
--- because the entry that must leave the window before the next admission is known.
+-- Each key holds one integer: its theoretical arrival time (TAT, us), the instant at which
+-- the key is back to a full allowance. A request moves it one emission interval T later
+-- (T = window / limit, counted from now when the TAT lies in the past) and is admitted while
+-- the moved TAT is at most `limit` intervals (the burst, B = limit * T) ahead of now. So an
+-- idle key admits a burst of exactly `limit`, then one request per T; over any span of L us
+-- at most limit + floor(L / T) are admitted. O(1) state, exact under any concurrency (the
+-- script runs atomically), and the Retry-After is exact: the wait until the moved TAT is
+-- within B of now.
 --
--- KEYS[1..n]      the logs (e.g. per organization+agent and per principal+agent)
--- KEYS[n+1..2n]   the sample keys: one "rate.limited" event per key per 10 s
--- KEYS[2n+1..3n]  the rejected-counter hashes (one per agent)
--- ARGV[1] now (us) or ''; ARGV[2] limit; ARGV[3] window (us); ARGV[4] a unique token (the
--- member: two requests in the same microsecond must still be two entries);
--- ARGV[5..4+n] the scope names (the counters' fields)
+-- KEYS[1..n]      the TATs (e.g. per organization+agent and per principal+agent)
+-- KEYS[n+1..2n]   the sample keys, "...|<scope>": one "rate.limited" event per key per 10 s;
+--                 their names end with the key's scope, the field its refusals count in
+-- KEYS[2n+1]      the agent's rejected-counter hash (a decision is about one agent)
+-- ARGV[1] the emission interval T (us, an integer); ARGV[2] limit; ARGV[3] now (us), only
+-- from tests driving a fake clock (production reads the server's TIME)
 --
 -- Returns the remaining allowance (an integer: the hot path parses no array) when admitted,
 -- else {retry_after_us, refusing key index, sampled}.
-local n = #KEYS / 3
-local limit = tonumber(ARGV[2])
-local window = tonumber(ARGV[3])
-local now = now_us()
+--
+-- This runs in front of every request, and in Redis a script's cost is mostly its commands
+-- and the Lua it interprets (bench/policies.py), so the path of two keys in use is three
+-- commands (TIME, one INCRBY per key) and a few arithmetic operators: INCRBY moves a TAT that
+-- lies ahead of now in one step, answers an integer (nothing to parse or format) and keeps
+-- the key's expiry. An idle key (INCRBY moved a TAT that had passed, or created the key)
+-- takes one more write, and a refusal undoes the moves with DECRBY. Numbers go to commands
+-- through "%d" (integers below 2^53, exact; far cheaper than the "%.17g" Redis applies to a
+-- bare number). The prelude is not prepended (its helpers would be created on every call):
+-- time is read here the same way, from the server.
+local n = (#KEYS - 1) / 2
+local interval = tonumber(ARGV[1])
+local burst = interval * tonumber(ARGV[2])
+-- A key must outlive its TAT (an absent key means a full allowance) but is not re-armed on
+-- every write: a TAT in span k (spans of B us) gets the expiry "end of span k + 1", at
+-- least B after it, and keeps it until the TAT moves into the next span. (A limit of 0
+-- admits nothing; its spans are one interval long.)
+local span = burst > interval and burst or interval
+local now = tonumber(ARGV[3])
+if not now then
+  local t = redis.call('TIME')
+  now = t[1] * 1000000 + t[2]
+end
 
-local counts = {}
-local worst_wait, worst = -1, 0
+local worst_wait, worst, remaining = 0, 0, burst
 for i = 1, n do
-  redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now - window)
-  local count = redis.call('ZCARD', KEYS[i])
-  counts[i] = count
-  if count >= limit then
-    -- Admission needs (count - limit + 1) entries to leave the window: wait for the
-    -- entry at rank count - limit (rank 0 when the limit did not change meanwhile).
-    local wait = window
-    if limit > 0 then
-      local entry = redis.call('ZRANGE', KEYS[i], count - limit, count - limit, 'WITHSCORES')
-      wait = tonumber(entry[2]) + window - now
+  local tat = redis.call('INCRBY', KEYS[i], ARGV[1])
+  local previous = tat - interval
+  if previous < now then
+    -- Idle (or new: INCRBY started from 0): a full allowance again, counted from now.
+    tat = now + interval
+    local start = tat - tat % span
+    if previous > 0 and previous - previous % span == start then
+      -- Still in the span the key's expiry was armed for (stale keys outlive their TAT):
+      -- move it the rest of the way; INCRBY keeps the expiry.
+      redis.call('INCRBY', KEYS[i], string.format('%d', now - previous))
+    else
+      redis.call('SET', KEYS[i], string.format('%d', tat), 'PX',
+        string.format('%d', math.ceil((start + 2 * span - now) / 1000)))
     end
-    -- Every full key must have room, so the answer is the longest wait among them.
-    if wait > worst_wait then
-      worst_wait, worst = wait, i
-    end
+  elseif tat % span < interval then
+    -- This move crossed into the next span.
+    redis.call('PEXPIRE', KEYS[i],
+      string.format('%d', math.ceil((tat - tat % span + 2 * span - now) / 1000)))
+  end
+  -- Every key must have room, so the answer is the longest wait among them (the first
+  -- key on a tie); the remaining allowance is the smallest room left.
+  local wait = tat - burst - now
+  if wait > worst_wait then
+    worst_wait, worst = wait, i
+  end
+  if -wait < remaining then
+    remaining = -wait
   end
 end
 
 if worst > 0 then
-  redis.call('HINCRBY', KEYS[2 * n + worst], ARGV[4 + worst], 1)
+  -- Not admitted: no key moves. (A key SET afresh above goes back to now, which means a
+  -- full allowance, exactly like the absent or stale key it was.)
+  for i = 1, n do
+    redis.call('DECRBY', KEYS[i], ARGV[1])
+  end
+  redis.call('HINCRBY', KEYS[2 * n + 1], string.match(KEYS[n + worst], '|([^|]*)$'), 1)
   -- NX makes exactly one caller per 10 s win the right to publish an event, so an attack
   -- cannot flood the event table while the counter still counts every refusal.
   local sampled = redis.call('SET', KEYS[n + worst], '1', 'PX', 10000, 'NX')
   return {worst_wait, worst, sampled and 1 or 0}
 end
-
-local member = ARGV[4]
-local ttl_ms = math.ceil(window / 1000)
-local remaining = limit
-for i = 1, n do
-  redis.call('ZADD', KEYS[i], now, member)
-  -- An idle key disappears by itself once its whole log has left the window.
-  redis.call('PEXPIRE', KEYS[i], ttl_ms)
-  remaining = math.min(remaining, limit - counts[i] - 1)
-end
-return remaining
+return math.floor(remaining / interval)
