@@ -8,7 +8,7 @@ agent_runs grows without bound, so every run figure reads a time-bounded slice t
 an index and nothing counts the whole table:
 
 - runs per minute and success rate: one GROUP BY minute over the last 24 hours
-  (run_created_idx; run_org_created_idx for a staff user scoped to organizations);
+  (run_created_idx; run_org_created_id_idx for a staff user scoped to organizations);
 - p50 / p95 per agent, the PENDING backlog: fleet_metrics() (services/fleet_metrics.py);
 - the oldest PENDING run: run_active_status_idx, the partial index of active runs;
 - the latest failures of the day: run_status_created_idx;

@@ -85,8 +85,13 @@ class AgentRun(BaseModel):
             models.Index(
                 fields=["organization", "status", "started_at"], name="run_org_status_started_idx"
             ),
-            # GET /api/runs/: one organization's runs, newest first (cursor pagination).
-            models.Index(fields=["organization", "-created_at"], name="run_org_created_idx"),
+            # GET /api/runs/: one organization's runs, newest first, in exactly the cursor
+            # pagination's order (created_at, then id to break ties), so a page is a range
+            # read of this index at any depth and in any tenant, with no sort. Also the
+            # organization-scoped time windows of GET /api/orchestration/metrics.
+            models.Index(
+                fields=["organization", "-created_at", "-id"], name="run_org_created_id_idx"
+            ),
             # Fleet-wide time windows: GET /api/orchestration/metrics (runs of the last hour
             # and 24 h) and scaling_evaluate (request rate of the last minute, p95).
             models.Index(fields=["created_at"], name="run_created_idx"),

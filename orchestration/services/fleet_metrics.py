@@ -7,7 +7,8 @@ an index, and nothing counts the whole table:
   partial index over the few non-terminal rows; organization-scoped callers use
   run_org_status_started_idx);
 - totalRequestsHandled: runs created in the last 24 hours (run_created_idx, or
-  run_org_created_idx for an organization) -- a rolling figure, not a lifetime total;
+  run_org_created_id_idx for an organization, index-only) -- a rolling figure, not a
+  lifetime total;
 - averageLatency and the per-agent figures: runs created in the last hour.
 
 Percentiles are PostgreSQL's percentile_cont; on SQLite (embedded mode) they are

@@ -18,6 +18,8 @@ class RunViewSet(OrganizationScopedReadOnlyViewSet):
     write_scope = Scope.RUNS_WRITE
 
     def base_queryset(self):
+        if self.action == "list":
+            return selectors.run_list_page()
         return selectors.run_detail() if self.action == "retrieve" else selectors.run_list()
 
     def get_serializer_class(self):
@@ -26,7 +28,8 @@ class RunViewSet(OrganizationScopedReadOnlyViewSet):
     def filter_queryset(self, queryset):
         if self.action != "list":
             return queryset
-        params = RunFilterSerializer(data=self.request.query_params)
+        # A plain dict: a QueryDict lets DRF skip blank values ("until=") instead of refusing.
+        params = RunFilterSerializer(data=self.request.query_params.dict())
         params.is_valid(raise_exception=True)
         return run_filter(queryset, params.validated_data)
 
