@@ -6,6 +6,9 @@ import logging
 
 from celery import shared_task
 from django.conf import settings
+from django.db import InterfaceError, OperationalError, close_old_connections, connection
+from django.db.models import JSONField
+from django.db.models.expressions import RawSQL
 
 from orchestration.bus import retention
 from orchestration.services import reaper
@@ -15,25 +18,49 @@ from runs.models import AgentRun
 
 logger = logging.getLogger(__name__)
 
+# The run's agent's config rows as one JSON object (see resolution.agent_effective_config).
+_CONFIG_ROWS_SQL = (
+    "SELECT jsonb_object_agg(c.key, c.value) FROM agent_configs c"
+    ' WHERE c.agent_id = "agent_runs"."agent_id"'
+)
+
 
 @shared_task(
     name="orchestration.execute_run",
+    bind=True,
     # Redelivered if the worker dies mid-run; the claim's conditional UPDATE keeps it single.
     acks_late=True,
     reject_on_worker_lost=True,
     ignore_result=True,
+    # The database unreachable (a restart, a failover): try again shortly rather than
+    # drop the message. The broken connection is closed at the start of the next try
+    # (close_old_connections below). Past the last try the reaper still re-enqueues a
+    # PENDING run and takes back a RUNNING one whose lease ran out.
+    autoretry_for=(OperationalError, InterfaceError),
+    retry_backoff=1,
+    retry_backoff_max=10,
+    retry_jitter=True,
+    max_retries=12,
 )
-def execute_run(run_id: str) -> str:
-    run = (
-        AgentRun.objects.select_related("agent", "organization", "dataset")
-        .filter(pk=run_id)
-        .first()
-    )
+def execute_run(self, run_id: str) -> str:
+    if not (self.request.is_eager or self.request.called_directly):
+        # Workers keep their connection across tasks (settings.CELERY_DB_REUSE_MAX): it is
+        # dropped here, as Django does per request, once too old or broken (a failed try
+        # leaves it marked, so the retry reconnects).
+        close_old_connections()
+    runs = AgentRun.objects.select_related("agent", "organization", "dataset").filter(pk=run_id)
+    if connection.vendor == "postgresql":
+        # The agent's config rows in the same query (agent_effective_config reads them).
+        # A constant statement, no parameters.
+        runs = runs.annotate(agent_config_rows=RawSQL(_CONFIG_ROWS_SQL, (), JSONField()))  # noqa: S611
+    run = runs.first()
     if run is None:
         logger.warning("execute_run: run %s does not exist", run_id)
         return "missing"
     if run.status != RunStatus.PENDING:
         return f"skipped:{run.status}"
+    if hasattr(run, "agent_config_rows"):
+        run.agent.config_rows = run.agent_config_rows or {}
     executed = run_execute(run=run, node_id=settings.ORCHESTRATOR_NODE_ID)
     return run.status if executed else "not-claimed"
 
@@ -44,8 +71,16 @@ def execute_run(run_id: str) -> str:
 # as modules, never names, so either may be imported first.
 
 
-@shared_task(name="orchestration.node_sweep", ignore_result=True)
-def node_sweep() -> dict:
+def _connection_refresh(task) -> None:
+    """As execute_run does: a connection broken by a database restart is dropped here, so
+    a pool process whose last tasks were housekeeping does not fail on it for ever."""
+    if not (task.request.is_eager or task.request.called_directly):
+        close_old_connections()
+
+
+@shared_task(name="orchestration.node_sweep", ignore_result=True, bind=True)
+def node_sweep(self) -> dict:
+    _connection_refresh(self)
     result = reaper.node_sweep()
     return {
         "unhealthy": result.unhealthy,
@@ -54,8 +89,9 @@ def node_sweep() -> dict:
     }
 
 
-@shared_task(name="orchestration.runs_reap", ignore_result=True)
-def runs_reap() -> dict:
+@shared_task(name="orchestration.runs_reap", ignore_result=True, bind=True)
+def runs_reap(self) -> dict:
+    _connection_refresh(self)
     result = reaper.runs_reap()
     return {
         "requeuedRunning": len(result.requeued_running),
@@ -65,8 +101,9 @@ def runs_reap() -> dict:
     }
 
 
-@shared_task(name="orchestration.events_prune", ignore_result=True)
-def events_prune() -> dict:
+@shared_task(name="orchestration.events_prune", ignore_result=True, bind=True)
+def events_prune(self) -> dict:
     """Retention of the event log (beat, hourly): the same service as `prune_events`."""
+    _connection_refresh(self)
     result = retention.events_prune()
     return {"deleted": result.deleted, "batches": result.batches}

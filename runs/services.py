@@ -4,17 +4,63 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from django.conf import settings
 from django.core.cache import cache
+from django.db import connections, router, transaction
 from django.utils import timezone
 
 from runs.choices import ACTIVE_RUN_STATES, RunStatus
 from runs.models import AgentRun
+from runs.recorder import RunRecords, recording_flush
 
 CANCEL_FLAG_TTL = 24 * 3600
+
+
+# How a run's terminal transition is written. The bus (orchestration.bus, installed when
+# it is imported, i.e. at app start) replaces the plain UPDATE with one statement that also
+# records the run's terminal event (run.succeeded / run.failed / run.cancelled) when, and
+# only when, the fenced UPDATE matched the row. The runs app itself knows nothing of events.
+# A writer is called as writer(run, values, fence=, event=, now=, records=) and returns the
+# number of rows updated (0 or 1): it sets ``values`` on the run's row where the row still
+# matches ``fence`` (e.g. status RUNNING and this attempt); ``event`` is the event's payload
+# and ``records`` what the run recorded (RunRecords or None), written only if the row matched.
+TerminalWriter = Callable[..., int]
+
+
+def _plain_update(
+    run, values: dict, *, fence: dict, event: dict, now: datetime, records: RunRecords | None = None
+) -> int:
+    with transaction.atomic():
+        written = AgentRun.objects.filter(pk=run.pk, **fence).update(**values)
+        if written and records:
+            recording_flush(run=run, contexts=records.contexts, extra_metrics=records.extra_metrics)
+    return written
+
+
+_terminal_writer: TerminalWriter = _plain_update
+
+
+def terminal_writer_install(writer: TerminalWriter | None) -> None:
+    """Install how terminal transitions are written (None: back to the plain UPDATE)."""
+    global _terminal_writer
+    _terminal_writer = writer or _plain_update
+
+
+def _terminal_event(run: AgentRun, *, attempt: int) -> dict:
+    return {
+        "status": run.status,
+        "errorCode": run.error_code or None,
+        "durationMs": run.duration_ms,
+        "attempt": attempt,
+        "intent": run.intent,
+    }
 
 
 class RunNotActive(Exception):
@@ -43,10 +89,12 @@ def run_create(
     idempotency_key: str | None = None,
     retry_of: AgentRun | None = None,
     request_fingerprint: str | None = None,
+    node_id: str = "",
 ) -> AgentRun:
-    """Insert the PENDING run: it exists before anything is dispatched."""
+    """Insert the PENDING run: it exists before anything is dispatched. ``node_id``: the
+    node an async run was routed to (its own queue), if any."""
     now = timezone.now()
-    return AgentRun.objects.create(
+    run = AgentRun(
         organization=organization,
         agent=agent,
         intent=intent,
@@ -60,7 +108,56 @@ def run_create(
         retry_of=retry_of,
         status=RunStatus.PENDING,
         queued_at=now,
+        node_id=node_id,
+        created_at=now,
+        updated_at=now,
     )
+    alias = router.db_for_write(AgentRun)
+    connection = connections[alias]
+    if connection.vendor != "postgresql":
+        run.save(force_insert=True, using=alias)
+        return run
+    # The hot path: the INSERT the ORM would write (its own field conversions), without
+    # compiling it on every run. No signal listens to AgentRun saves.
+    fields = _run_fields()
+    with connection.cursor() as cursor:
+        cursor.execute(
+            _insert_sql(),
+            [f.get_db_prep_save(getattr(run, f.attname), connection) for f in fields],
+        )
+    run._state.adding = False
+    run._state.db = alias
+    return run
+
+
+_RUN_FIELDS: list | None = None
+_INSERT_SQL: str | None = None
+
+
+def _run_fields() -> list:
+    global _RUN_FIELDS
+    if _RUN_FIELDS is None:
+        _RUN_FIELDS = list(AgentRun._meta.concrete_fields)
+    return _RUN_FIELDS
+
+
+def _insert_sql() -> str:
+    global _INSERT_SQL
+    if _INSERT_SQL is None:
+        fields = _run_fields()
+        columns = ", ".join(f'"{f.column}"' for f in fields)
+        # Column names come from the model; values are parameters.
+        _INSERT_SQL = (
+            f'INSERT INTO "{AgentRun._meta.db_table}" ({columns}) '  # noqa: S608
+            f"VALUES ({', '.join(['%s'] * len(fields))})"
+        )
+    return _INSERT_SQL
+
+
+_CLAIM_SQL = (
+    "UPDATE agent_runs SET status = %s, node_id = %s, started_at = %s, attempt = %s,"
+    " lease_expires_at = %s, updated_at = %s WHERE id = %s AND status = %s AND attempt = %s"
+)
 
 
 def run_claim(*, run: AgentRun, node_id: str, lease_seconds: int) -> bool:
@@ -70,20 +167,41 @@ def run_claim(*, run: AgentRun, node_id: str, lease_seconds: int) -> bool:
     holder of the current attempt may write the outcome.
     """
     now = timezone.now()
-    claimed = AgentRun.objects.filter(
-        pk=run.pk, status=RunStatus.PENDING, attempt=run.attempt
-    ).update(
-        status=RunStatus.RUNNING,
-        node_id=node_id,
-        started_at=now,
-        attempt=run.attempt + 1,
-        lease_expires_at=now + timedelta(seconds=lease_seconds),
-        updated_at=now,
-    )
+    lease = now + timedelta(seconds=lease_seconds)
+    connection = connections[router.db_for_write(AgentRun)]
+    if connection.vendor == "postgresql":
+        # The hot path: the statement as the ORM would write it, without compiling it.
+        with connection.cursor() as cursor:
+            cursor.execute(
+                _CLAIM_SQL,
+                (
+                    RunStatus.RUNNING,
+                    node_id,
+                    now,
+                    run.attempt + 1,
+                    lease,
+                    now,
+                    run.pk,
+                    RunStatus.PENDING,
+                    run.attempt,
+                ),
+            )
+            claimed = cursor.rowcount
+    else:
+        claimed = AgentRun.objects.filter(
+            pk=run.pk, status=RunStatus.PENDING, attempt=run.attempt
+        ).update(
+            status=RunStatus.RUNNING,
+            node_id=node_id,
+            started_at=now,
+            attempt=run.attempt + 1,
+            lease_expires_at=lease,
+            updated_at=now,
+        )
     if claimed != 1:
         return False
     run.mark_running(node_id=node_id, now=now)
-    run.lease_expires_at = now + timedelta(seconds=lease_seconds)
+    run.lease_expires_at = lease
     return True
 
 
@@ -96,12 +214,24 @@ class RunOutcome:
 
 
 def run_finish(
-    *, run: AgentRun, outcome: RunOutcome, metrics: dict, meta: dict, now: datetime | None = None
+    *,
+    run: AgentRun,
+    outcome: RunOutcome,
+    metrics: dict,
+    meta: dict,
+    now: datetime | None = None,
+    records: RunRecords | None = None,
+    unless_cancel_requested: bool = False,
 ) -> bool:
     """Write the outcome with one conditional UPDATE; False when this attempt is stale.
 
+    ``unless_cancel_requested``: also fenced on the row recording no cancellation request
+    (False then too: the caller checks run_cancel_recorded and finishes CANCELLED).
+
     The WHERE clause is the fence: a run reassigned to another node (attempt moved on)
-    or already ended is left untouched, so no run ends with two owners' results.
+    or already ended is left untouched, so no run ends with two owners' results. What the
+    run recorded (``records``) and its terminal event are written with the outcome, and
+    only with it: on PostgreSQL in the same statement (orchestration.bus).
     """
     now = now or timezone.now()
     if outcome.status == RunStatus.SUCCESS:
@@ -117,10 +247,29 @@ def run_finish(
     run.updated_at = now
     values = {name: getattr(run, name) for name in {*fields, "metrics", "meta"}}
     values["updated_at"] = now
-    written = AgentRun.objects.filter(
-        pk=run.pk, status=RunStatus.RUNNING, attempt=run.attempt
-    ).update(**values)
+    written = _terminal_writer(
+        run,
+        values,
+        fence={
+            "status": RunStatus.RUNNING,
+            "attempt": run.attempt,
+            **({"cancel_requested_at": None} if unless_cancel_requested else {}),
+        },
+        event=_terminal_event(run, attempt=run.attempt),
+        now=now,
+        records=records,
+    )
     return written == 1
+
+
+def run_cancel_recorded(run: AgentRun) -> bool:
+    """Whether this attempt's run is still RUNNING with a cancellation request on its row."""
+    return AgentRun.objects.filter(
+        pk=run.pk,
+        status=RunStatus.RUNNING,
+        attempt=run.attempt,
+        cancel_requested_at__isnull=False,
+    ).exists()
 
 
 def run_fail_pending(
@@ -134,7 +283,14 @@ def run_fail_pending(
     values = {name: getattr(run, name) for name in fields}
     values["meta"] = run.meta
     values["updated_at"] = now
-    return AgentRun.objects.filter(pk=run.pk, status=RunStatus.PENDING).update(**values) == 1
+    written = _terminal_writer(
+        run,
+        values,
+        fence={"status": RunStatus.PENDING},
+        event=_terminal_event(run, attempt=run.attempt),
+        now=now,
+    )
+    return written == 1
 
 
 def _cancel_flag_key(run_id) -> str:
@@ -149,13 +305,25 @@ def run_cancel_requested(run_id) -> bool:
 def run_cancel(*, run: AgentRun) -> AgentRun:
     """PENDING ends CANCELLED at once; RUNNING is asked to stop (ctx.cancelled), then ends."""
     now = timezone.now()
-    cancelled = AgentRun.objects.filter(pk=run.pk, status=RunStatus.PENDING).update(
-        status=RunStatus.CANCELLED,
-        completed_at=now,
-        cancel_requested_at=now,
-        updated_at=now,
-        error_code="CANCELLED",
-        error_message="Cancelled before it started.",
+    cancelled = _terminal_writer(
+        run,
+        {
+            "status": RunStatus.CANCELLED,
+            "completed_at": now,
+            "cancel_requested_at": now,
+            "updated_at": now,
+            "error_code": "CANCELLED",
+            "error_message": "Cancelled before it started.",
+        },
+        fence={"status": RunStatus.PENDING},
+        event={
+            "status": RunStatus.CANCELLED,
+            "errorCode": "CANCELLED",
+            "durationMs": None,
+            "attempt": run.attempt,
+            "intent": run.intent,
+        },
+        now=now,
     )
     if not cancelled:
         requested = AgentRun.objects.filter(
@@ -167,3 +335,77 @@ def run_cancel(*, run: AgentRun) -> AgentRun:
     if run.status not in ACTIVE_RUN_STATES and run.cancel_requested_at is None:
         raise RunNotActive(f"run {run.pk} already ended with status {run.status}")
     return run
+
+
+# --- waiting for a run to end ------------------------------------------------------------
+
+# When a run's terminal event is broadcast (orchestration.bus, after commit), the run's
+# status is pushed onto this Redis list; it lives RUN_DONE_TTL_S. Waiters read it with a
+# blocking, non-destructive BLMOVE (the list rotates onto itself), so any number of them
+# wake on the one push.
+RUN_DONE_TTL_S = 3600
+# A run that ends without the push (the reaper ends lost runs) is still seen: the waiter
+# re-reads the row at least this often.
+RUN_WAIT_RECHECK_S = 2.0
+
+_wait_redis = None
+_wait_redis_lock = threading.Lock()
+
+
+def run_done_key(run_id) -> str:
+    return f"acp:run-done:{run_id}"
+
+
+def _wait_client():
+    global _wait_redis
+    if _wait_redis is None:
+        with _wait_redis_lock:
+            if _wait_redis is None:
+                import redis
+
+                # Each BLMOVE blocks RUN_WAIT_RECHECK_S at most; the socket allows for that.
+                _wait_redis = redis.Redis.from_url(
+                    settings.REDIS_URL,
+                    socket_connect_timeout=1,
+                    socket_timeout=RUN_WAIT_RECHECK_S + 2,
+                )
+    return _wait_redis
+
+
+def run_wait(run_id, timeout: float) -> AgentRun | None:
+    """Block until the run is terminal or ``timeout`` seconds pass; return the run as it is.
+
+    With Redis the wake-up is pushed (no polling): the finishing process pushes onto the
+    run's done key once its outcome is committed. Embedded (no REDIS_URL): the row is polled
+    with a growing interval (5 ms up to 200 ms). None if the run does not exist.
+    """
+    deadline = time.monotonic() + max(0.0, timeout)
+    run = AgentRun.objects.filter(pk=run_id).first()
+    if run is None or run.is_terminal:
+        return run
+    if not settings.REDIS_URL:
+        interval = 0.005
+        while time.monotonic() < deadline:
+            time.sleep(min(interval, max(0.0, deadline - time.monotonic())))
+            interval = min(interval * 2, 0.2)
+            run.refresh_from_db()
+            if run.is_terminal:
+                return run
+        return run
+    client = _wait_client()
+    key = run_done_key(run_id)
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return run
+        try:
+            # BLMOVE's timeout has a resolution of 10 ms at best; 0 would block forever.
+            pushed = client.blmove(
+                key, key, max(0.01, min(remaining, RUN_WAIT_RECHECK_S)), "RIGHT", "LEFT"
+            )
+        except Exception:  # Redis unavailable: fall back on the row
+            pushed = None
+            time.sleep(min(0.2, max(0.0, remaining)))
+        run.refresh_from_db()
+        if run.is_terminal or pushed is not None:
+            return run

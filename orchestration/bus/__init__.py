@@ -21,10 +21,14 @@ import threading
 from collections.abc import Callable
 
 from django.conf import settings
-from django.db import DatabaseError, transaction
+from django.db import DatabaseError, connections, router, transaction
 
 from orchestration.choices import EventType
 from orchestration.models import OrchestratorEvent
+from runs import services as run_services
+from runs.choices import RunStatus
+from runs.models import AgentRun
+from runs.recorder import RunRecords, record_ctes, record_tools_repair, recording_flush
 
 logger = logging.getLogger(__name__)
 
@@ -77,8 +81,8 @@ def local_unlisten(callback: Callable[[dict], None]) -> None:
             _local_listeners.remove(callback)
 
 
-def _broadcast(event: OrchestratorEvent) -> None:
-    wire = event_wire(event)
+def _broadcast(event: OrchestratorEvent | dict) -> None:
+    wire = event if isinstance(event, dict) else event_wire(event)
     client = _redis_client()
     if client is None:
         with _local_lock:
@@ -87,12 +91,22 @@ def _broadcast(event: OrchestratorEvent) -> None:
             try:
                 listener(wire)
             except Exception:  # a broken subscriber must not break the publisher
-                logger.exception("event %s: local listener failed", event.pk)
+                logger.exception("event %s: local listener failed", wire["id"])
         return
     try:
-        client.publish(settings.EVENTS_CHANNEL, json.dumps(wire, default=str))
+        message = json.dumps(wire, default=str)
+        if wire["type"] in TERMINAL_RUN_EVENTS:
+            # One round trip: the live event and the run's completion signal (run_wait).
+            key = run_services.run_done_key(wire["run"])
+            pipe = client.pipeline(transaction=False)
+            pipe.publish(settings.EVENTS_CHANNEL, message)
+            pipe.rpush(key, wire["payload"].get("status") or "")
+            pipe.expire(key, run_services.RUN_DONE_TTL_S)
+            pipe.execute()
+        else:
+            client.publish(settings.EVENTS_CHANNEL, message)
     except Exception as exc:  # the row is the source of truth; live delivery is best effort
-        logger.warning("event %s not broadcast: %s", event.pk, exc)
+        logger.warning("event %s not broadcast: %s", wire["id"], exc)
 
 
 def publish(
@@ -123,6 +137,131 @@ def publish(
         return None
     transaction.on_commit(lambda: _broadcast(event))
     return event
+
+
+# --- a run's terminal event, written with its outcome -------------------------------------
+
+TERMINAL_RUN_EVENTS = {
+    EventType.RUN_SUCCEEDED: RunStatus.SUCCESS,
+    EventType.RUN_FAILED: RunStatus.FAILED,
+    EventType.RUN_CANCELLED: RunStatus.CANCELLED,
+}
+_EVENT_FOR_STATUS = {status: type for type, status in TERMINAL_RUN_EVENTS.items()}
+
+_TERMINAL_SQL = (
+    "WITH u AS ({update} RETURNING organization_id, agent_id, id, node_id){records}, "
+    "e AS (INSERT INTO orchestrator_events "
+    "(type, organization_id, agent_id, run_id, node_id, payload, created_at) "
+    "SELECT %s, u.organization_id, u.agent_id, u.id, u.node_id, %s::jsonb, %s FROM u "
+    "RETURNING id, node_id) "
+    "SELECT e.id, e.node_id, {tools} FROM e"
+)
+
+
+def _run_columns() -> dict:
+    global _RUN_FIELDS
+    if _RUN_FIELDS is None:
+        _RUN_FIELDS = {f.name: f for f in AgentRun._meta.concrete_fields}
+    return _RUN_FIELDS
+
+
+_RUN_FIELDS: dict | None = None
+
+
+def _run_update_sql(run, values: dict, fence: dict, connection) -> tuple[str, list]:
+    """UPDATE agent_runs SET values WHERE id AND fence, as the ORM writes it (its own field
+    conversions), without the ORM's query compilation on the hot path."""
+    fields = _run_columns()
+    sets, params = [], []
+    for name, value in values.items():
+        field = fields[name]
+        sets.append(f'"{field.column}" = %s')
+        params.append(field.get_db_prep_save(value, connection))
+    where = ['"id" = %s']
+    params.append(run.pk)
+    for name, value in fence.items():
+        field = fields[name]
+        if value is None:
+            where.append(f'"{field.column}" IS NULL')
+            continue
+        where.append(f'"{field.column}" = %s')
+        params.append(field.get_db_prep_save(value, connection))
+    # Column names come from the model, values are parameters.
+    sql = f'UPDATE "{AgentRun._meta.db_table}" SET {", ".join(sets)} WHERE {" AND ".join(where)}'  # noqa: S608
+    return sql, params
+
+
+def run_terminal_write(
+    run, values: dict, *, fence: dict, event: dict, now, records: RunRecords | None = None
+) -> int:
+    """The fenced UPDATE that ends a run, its records and its terminal event: one statement.
+
+    ``fence`` (status, attempt) guards the UPDATE: when the row no longer matches it every
+    INSERT selects nothing, so a stale or lost completion writes neither records nor an
+    event (the caller publishes run.stale_completion instead). The event is broadcast once
+    the transaction commits. Returns the number of runs updated.
+    """
+    type = _EVENT_FOR_STATUS[values["status"]]
+    alias = router.db_for_write(AgentRun)
+    connection = connections[alias]
+    if connection.vendor != "postgresql":
+        # SQLite (the embedded default) has no data-modifying CTE: several statements, one
+        # transaction, same rule (no matched row, nothing else written).
+        with transaction.atomic(using=alias):
+            written = AgentRun.objects.filter(pk=run.pk, **fence).update(**values)
+            if written:
+                if records:
+                    recording_flush(
+                        run=run, contexts=records.contexts, extra_metrics=records.extra_metrics
+                    )
+                publish(
+                    type,
+                    event,
+                    organization=run.organization,
+                    agent=run.agent,
+                    run=run,
+                    node=run.node_id or "",
+                )
+        return written
+    update_sql, update_params = _run_update_sql(run, values, fence, connection)
+    ctes = record_ctes(run=run, records=records, now=now) if records else None
+    sql = _TERMINAL_SQL.format(
+        update=update_sql,
+        records="".join(", " + clause for clause in ctes.clauses) if ctes else "",
+        # The clause name is a constant of runs.recorder, never input.
+        tools=(
+            f"(SELECT count(*) FROM {ctes.tool_clause})"  # noqa: S608
+            if ctes and ctes.tool_clause
+            else "0"
+        ),
+    )
+    params = (*update_params, *(ctes.params if ctes else ()), type, _dumps(event), now)
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        rows = cursor.fetchall()
+    if rows and ctes and ctes.tool_clause and rows[0][2] < len(ctes.tool_calls):
+        # A tool was deleted since this process last saw it: recreate it, write its calls.
+        record_tools_repair(run=run, records=records)
+    for event_id, node_id, _ in rows:
+        wire = {
+            "id": event_id,
+            "type": type,
+            "organization": str(run.organization_id),
+            "agent": str(run.agent_id),
+            "run": str(run.pk),
+            "node": node_id or None,
+            "payload": event,
+            "createdAt": now.isoformat(),
+        }
+        transaction.on_commit(lambda wire=wire: _broadcast(wire), using=alias)
+    return len(rows)
+
+
+def _dumps(value) -> str:
+    return json.dumps(value, separators=(",", ":"), default=str)
+
+
+run_services.terminal_writer_install(run_terminal_write)
 
 
 # --- agents on the bus ------------------------------------------------------------------

@@ -2,26 +2,48 @@
 
 from __future__ import annotations
 
+import logging
+
 from django.conf import settings
 from django.db import transaction
+from kombu.exceptions import OperationalError as BrokerUnavailable
 
 from orchestration.services.config import agent_policy_live
 from orchestration.services.resolution import (
     agent_effective_config,
 )
-from orchestration.services.routing import PRIORITY_NORMAL, route_select
+from orchestration.services.routing import PRIORITY_NORMAL, RouteDecision, route_select
 from orchestration.tasks import execute_run
 from runs.choices import RunStatus
 from runs.models import AgentRun
 
+logger = logging.getLogger(__name__)
+
+
+def run_route(agent, *, priority: str = PRIORITY_NORMAL) -> RouteDecision:
+    """Where a new async run of ``agent`` goes: routing.route_select, capability = the
+    agent's handler key. Decided before the row exists, so the row is inserted already
+    naming its node (orchestrate: one INSERT, no UPDATE after it)."""
+    return route_select(
+        source_region=settings.ORCHESTRATOR_REGION,
+        priority=priority,
+        capability=agent.handler or None,
+        estimate_latency=False,
+        require_queue=True,
+    )
+
 
 def run_enqueue(
-    run: AgentRun, *, total_timeout_s: float | None = None, priority: str = PRIORITY_NORMAL
+    run: AgentRun,
+    *,
+    total_timeout_s: float | None = None,
+    priority: str = PRIORITY_NORMAL,
+    decision: RouteDecision | None = None,
 ) -> None:
     """Dispatch after the PENDING row is committed, never before (the worker must find it).
 
-    The run is routed like any request (routing.route_select, capability = the agent's
-    handler key). When it goes to a node's own queue the run names that node, so a
+    The run is routed like any request (run_route, unless the caller already did and
+    passes ``decision``). When it goes to a node's own queue the run names that node, so a
     failover of the node finds its PENDING runs; otherwise it waits on the region or
     default queue and belongs to whichever worker claims it.
 
@@ -30,14 +52,9 @@ def run_enqueue(
     """
     if total_timeout_s is None:
         total_timeout_s = agent_policy_live(agent_effective_config(run.agent)).total_timeout_s
-    decision = route_select(
-        source_region=settings.ORCHESTRATOR_REGION,
-        priority=priority,
-        capability=run.agent.handler or None,
-        estimate_latency=False,
-        require_queue=True,
-    )
-    if decision.node_bound:
+    if decision is None:
+        decision = run_route(run.agent, priority=priority)
+    if decision.node_bound and run.node_id != decision.target_node.node_id:
         node_id = decision.target_node.node_id
         # Still inside the transaction that created the row: no worker can see it yet.
         AgentRun.objects.filter(pk=run.pk, status=RunStatus.PENDING).update(node_id=node_id)
@@ -48,4 +65,18 @@ def run_enqueue(
         "soft_time_limit": total_timeout_s + 10,
         "time_limit": total_timeout_s + 30,
     }
-    transaction.on_commit(lambda: execute_run.apply_async(args=[run_id], **options))
+
+    def send() -> None:
+        try:
+            execute_run.apply_async(args=[run_id], **options)
+        except BrokerUnavailable as exc:
+            # The PENDING row is committed, so the run is accepted: the reaper re-enqueues
+            # PENDING runs nobody picked up (nodes.pending_timeout_s). A broker outage
+            # delays the run; answering 500 would make the caller submit it twice.
+            logger.warning(
+                "run %s not enqueued, the reaper will: broker unavailable (%s)", run_id, exc
+            )
+
+    # Outside a transaction (orchestrate's single INSERT) the row is committed already
+    # and on_commit sends at once.
+    transaction.on_commit(send)

@@ -1,8 +1,9 @@
 """Step 7 of the lifecycle: execute a PENDING run to its end (sync and async alike).
 
 Claim with a conditional UPDATE, run the handler under the agent's policies, then
-write the outcome with one UPDATE fenced on the attempt number and flush what the
-handler recorded in the same transaction.
+write the outcome with one UPDATE fenced on the attempt number; what the handler
+recorded and the run's terminal event go in the same statement (runs.services.run_finish,
+orchestration.bus.run_terminal_write).
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
-from django.db import transaction
 from django.utils import timezone
 
 from agents.handlers import HandlerRequest, registry
@@ -31,7 +31,7 @@ from runs import services as run_services
 from runs.choices import RunMode, RunStatus
 from runs.context import RunContext
 from runs.models import AgentRun
-from runs.recorder import recording_flush
+from runs.recorder import RunRecords
 from runs.tokens import run_token_issue
 
 logger = logging.getLogger(__name__)
@@ -59,6 +59,12 @@ def run_execute(*, run: AgentRun, config: dict | None = None, node_id: str | Non
     ):
         run.refresh_from_db()
         return False
+    # This process's heartbeat extends the lease only while the run executes here.
+    with node_runtime.executing(run.pk):
+        return _run_execute_claimed(run=run, config=config, node_id=node_id)
+
+
+def _run_execute_claimed(*, run: AgentRun, config: dict | None, node_id: str) -> bool:
     agent = run.agent
     run_log_bind(run=run, node_id=node_id)
     if config is None:
@@ -110,6 +116,9 @@ def run_execute(*, run: AgentRun, config: dict | None = None, node_id: str | Non
                 store=policy_store(),
                 agent_key=str(agent.pk),
                 is_cancelled=lambda: run_services.run_cancel_requested(run.pk),
+                cancel_check_first=run.cancel_requested_at is not None,
+                # A success is fenced on the row instead (finish below): no extra round trip.
+                cancel_check_after_success=False,
             )
         except SoftTimeLimitExceeded:
             # The worker's backstop fired (the per-run deadline should have come first).
@@ -129,50 +138,66 @@ def run_execute(*, run: AgentRun, config: dict | None = None, node_id: str | Non
                 error_message=invocation.error_message,
             )
 
-    now = timezone.now()
-    duration_ms = max(0, int((now - run.started_at).total_seconds() * 1000))
-    attempts = invocation.attempts if invocation else 0
-    retries = invocation.retries if invocation else 0
-    summary: dict[str, Any] = {
-        "intent": run.intent,
-        "agent": agent.name,
-        "responseOk": outcome.status == RunStatus.SUCCESS,
-        "durationMs": duration_ms,
-        "attempts": attempts,
-        "retries": retries,
-    }
-    if queue_wait_ms is not None:
-        summary["queueWaitMs"] = queue_wait_ms
-    if outcome.status == RunStatus.FAILED:
-        summary["error"] = {"code": outcome.error_code, "message": outcome.error_message[:500]}
-    meta = dict(run.meta or {})
-    if invocation is not None:
-        meta["policies"] = invocation.decisions
-        if invocation.error_details is not None and outcome.status == RunStatus.FAILED:
-            meta["errorDetails"] = invocation.error_details
-        if invocation.retry_after_s:
-            meta["retryAfterS"] = invocation.retry_after_s
+    def finish(outcome: run_services.RunOutcome) -> bool:
+        now = timezone.now()
+        duration_ms = max(0, int((now - run.started_at).total_seconds() * 1000))
+        attempts = invocation.attempts if invocation else 0
+        retries = invocation.retries if invocation else 0
+        summary: dict[str, Any] = {
+            "intent": run.intent,
+            "agent": agent.name,
+            "responseOk": outcome.status == RunStatus.SUCCESS,
+            "durationMs": duration_ms,
+            "attempts": attempts,
+            "retries": retries,
+        }
+        if queue_wait_ms is not None:
+            summary["queueWaitMs"] = queue_wait_ms
+        if outcome.status == RunStatus.FAILED:
+            summary["error"] = {"code": outcome.error_code, "message": outcome.error_message[:500]}
+        meta = dict(run.meta or {})
+        if invocation is not None:
+            meta["policies"] = invocation.decisions
+            if invocation.error_details is not None and outcome.status == RunStatus.FAILED:
+                meta["errorDetails"] = invocation.error_details
+            if invocation.retry_after_s:
+                meta["retryAfterS"] = invocation.retry_after_s
 
-    standard = [
-        ("latency_ms", float(duration_ms), {}),
-        ("attempts", float(attempts), {}),
-        ("retries", float(retries), {}),
-    ]
-    if queue_wait_ms is not None:
-        standard.append(("queue_wait_ms", float(queue_wait_ms), {}))
-    if outcome.status == RunStatus.FAILED:
-        standard.append(("error", 1.0, {"code": outcome.error_code}))
+        standard = [
+            ("latency_ms", float(duration_ms), {}),
+            ("attempts", float(attempts), {}),
+            ("retries", float(retries), {}),
+        ]
+        if queue_wait_ms is not None:
+            standard.append(("queue_wait_ms", float(queue_wait_ms), {}))
+        if outcome.status == RunStatus.FAILED:
+            standard.append(("error", 1.0, {"code": outcome.error_code}))
 
-    with transaction.atomic():
-        written = run_services.run_finish(
-            run=run, outcome=outcome, metrics=summary, meta=meta, now=now
+        # One statement (PostgreSQL): the fenced UPDATE, the records, the terminal event.
+        return run_services.run_finish(
+            run=run,
+            outcome=outcome,
+            metrics=summary,
+            meta=meta,
+            now=now,
+            records=RunRecords(
+                contexts=invocation.contexts if invocation else [], extra_metrics=standard
+            ),
+            # A success is written only if no cancellation was requested meanwhile.
+            unless_cancel_requested=outcome.status == RunStatus.SUCCESS,
         )
-        if written:
-            recording_flush(
-                run=run,
-                contexts=invocation.contexts if invocation else [],
-                extra_metrics=standard,
-            )
+
+    written = finish(outcome)
+    if (
+        not written
+        and outcome.status == RunStatus.SUCCESS
+        and run_services.run_cancel_recorded(run)
+    ):
+        # Cancelled while the handler was finishing: the run ends CANCELLED, output dropped.
+        run.status, run.output = RunStatus.RUNNING, None
+        outcome = run_services.RunOutcome(status=RunStatus.CANCELLED)
+        written = finish(outcome)
+    duration_ms = int(run.duration_ms or 0)
     if written:
         metrics.run_end_observe(
             run=run,

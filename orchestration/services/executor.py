@@ -112,12 +112,21 @@ def handler_invoke(
     store: PolicyStore,
     agent_key: str,
     is_cancelled,
+    cancel_check_first: bool = True,
+    cancel_check_after_success: bool = True,
 ) -> Invocation:
-    """Run the attempts of one run. ``make_context(attempt)`` builds each attempt's RunContext."""
+    """Run the attempts of one run. ``make_context(attempt)`` builds each attempt's RunContext.
+
+    ``cancel_check_first=False`` skips asking the shared store before the first attempt: for
+    a run just claimed with no cancellation recorded on its row, a request can only come
+    later, and is seen after the attempt (and by the handler through ``ctx.cancelled``).
+    ``cancel_check_after_success=False`` leaves a success as it is: the caller's finish is
+    fenced on the run's row recording no cancellation request instead (run_execute).
+    """
     result = Invocation(status="failed")
     deadline = time.monotonic() + policy.total_timeout_s
     for attempt in range(1, policy.retry.max_attempts + 1):
-        if is_cancelled():
+        if (attempt > 1 or cancel_check_first) and is_cancelled():
             result.status = "cancelled"
             return result
         # A probe keeps its HALF_OPEN reservation for as long as this attempt may run.
@@ -187,7 +196,7 @@ def handler_invoke(
         if transition:
             result.circuit_transitions.append(transition)
         if success:
-            if is_cancelled():
+            if cancel_check_after_success and is_cancelled():
                 result.status = "cancelled"
                 return result
             result.status = "success"

@@ -22,7 +22,7 @@ from orchestration.errors import OrchestrationError
 from orchestration.observability import metrics
 from orchestration.policies import policy_store
 from orchestration.services.config import agent_policy_live
-from orchestration.services.dispatch import run_enqueue
+from orchestration.services.dispatch import run_enqueue, run_route
 from orchestration.services.envelope import failure_envelope, run_envelope
 from orchestration.services.execution import run_execute
 from orchestration.services.resolution import (
@@ -148,24 +148,37 @@ def orchestrate(command: OrchestrateCommand, principal: Principal) -> Orchestrat
         "context": command.context or {},
         "principal": principal.key,
     }
+    create = dict(
+        organization=organization,
+        agent=agent,
+        intent=command.intent,
+        input=command.payload,
+        mode=command.mode,
+        user=principal.user,
+        dataset=dataset,
+        objective=command.objective,
+        meta=meta,
+        idempotency_key=command.idempotency_key,
+        retry_of=command.retry_of,
+        request_fingerprint=fingerprint,
+    )
+    decision = None
+    if command.mode == RunMode.ASYNC:
+        # Routed first, so the row is inserted naming its node: one INSERT, then the send.
+        decision = run_route(agent)
+        if decision.node_bound:
+            create["node_id"] = decision.target_node.node_id
     try:
-        with transaction.atomic():
-            run = run_services.run_create(
-                organization=organization,
-                agent=agent,
-                intent=command.intent,
-                input=command.payload,
-                mode=command.mode,
-                user=principal.user,
-                dataset=dataset,
-                objective=command.objective,
-                meta=meta,
-                idempotency_key=command.idempotency_key,
-                retry_of=command.retry_of,
-                request_fingerprint=fingerprint,
-            )
-            if command.mode == RunMode.ASYNC:
-                run_enqueue(run, total_timeout_s=policy.total_timeout_s)
+        if transaction.get_connection().in_atomic_block:
+            # Inside the caller's transaction: a savepoint keeps it usable after a conflict.
+            with transaction.atomic():
+                run = run_services.run_create(**create)
+        else:
+            # One INSERT, committed on its own: no BEGIN / COMMIT round trips.
+            run = run_services.run_create(**create)
+        if decision is not None:
+            # Sent once the row is committed (at once outside a transaction).
+            run_enqueue(run, total_timeout_s=policy.total_timeout_s, decision=decision)
     except IntegrityError:
         # A concurrent request with the same Idempotency-Key inserted first.
         existing = AgentRun.objects.filter(

@@ -182,18 +182,33 @@ class SseStream:
         assert len([c for c in self.comments if c == "keepalive"]) > beats
 
 
-@pytest.fixture
-def api_server(transactional_db, tmp_path):
+def _api_server(tmp_path, **env):
     server = ApiServer(
         tmp_path / "uvicorn.log",
         env={
             "SSE_HEARTBEAT_S": str(HEARTBEAT_S),
             "SSE_MAX_CONNECTIONS_PER_KEY": str(STREAM_CAP),
+            **env,
         },
     ).start()
     yield server
     server.stop()
     print(f"uvicorn output:\n{server.output()}")  # shown when the test failed
+
+
+@pytest.fixture
+def api_server(transactional_db, tmp_path):
+    yield from _api_server(tmp_path)
+
+
+@pytest.fixture
+def unpooled_api_server(transactional_db, tmp_path):
+    """Persistent per-thread connections instead of the ASGI pool (config/asgi.py).
+
+    A pool keeps connections open whoever uses them, so only without one does a
+    connection left open by a stream show in pg_stat_activity.
+    """
+    yield from _api_server(tmp_path, DATABASE_POOL_MAX_SIZE="0")
 
 
 @pytest.fixture
@@ -236,7 +251,9 @@ def test_an_event_published_in_a_worker_reaches_an_sse_client_of_another_process
     make_agent("Announcer", "test-publish", intents=["announce"])
     url = stream_url(api_server)
 
-    with SseStream(url, key=tenant_a.raw_key) as stream:
+    # The handler's own events; each run also ends with its run.succeeded event.
+    only = {"type": EventType.AGENT_MESSAGE}
+    with SseStream(url, key=tenant_a.raw_key, params=only) as stream:
         assert stream.response.headers["content-type"].startswith("text/event-stream")
         run = wait_succeeded(announce(tenant_a, 1))
         first = stream.next_event(timeout=30)
@@ -251,13 +268,18 @@ def test_an_event_published_in_a_worker_reaches_an_sse_client_of_another_process
     # Disconnected: two more events happen meanwhile.
     missed = [wait_succeeded(announce(tenant_a, seq)) for seq in (2, 3)]
     missed_ids = list(
-        OrchestratorEvent.objects.filter(run__in=missed).order_by("id").values_list("id", flat=True)
+        OrchestratorEvent.objects.filter(run__in=missed, type=EventType.AGENT_MESSAGE)
+        .order_by("id")
+        .values_list("id", flat=True)
     )
     assert len(missed_ids) == 2
 
     # Reconnect with Last-Event-ID (it wins over ?after=, as for a reconnecting EventSource).
     with SseStream(
-        url, key=tenant_a.raw_key, headers={"Last-Event-ID": str(first.id)}, params={"after": 0}
+        url,
+        key=tenant_a.raw_key,
+        headers={"Last-Event-ID": str(first.id)},
+        params={"after": 0, **only},
     ) as stream:
         resumed = [stream.next_event(timeout=10) for _ in range(2)]
         assert [e.id for e in resumed] == missed_ids
@@ -349,7 +371,8 @@ def test_open_streams_are_capped_per_key(tenant_a, tenant_b, api_server):
             stream.close()
 
 
-def test_idle_streams_hold_no_database_connection(tenant_a, tenant_b, api_server):
+def test_idle_streams_hold_no_database_connection(tenant_a, tenant_b, unpooled_api_server):
+    api_server = unpooled_api_server
     url = stream_url(api_server)
     with (
         SseStream(url, key=tenant_a.raw_key, params={"after": 0}) as first,
