@@ -9,6 +9,7 @@ from django.utils import timezone
 from rest_framework import exceptions
 from rest_framework.authentication import BaseAuthentication, SessionAuthentication
 
+from agents.authentication_throttle import auth_failure_check, auth_failure_note
 from agents.choices import ROLE_SCOPES, MemberRole, MemberStatus
 from agents.models import ApiKey, Organization, OrganizationMember
 from agents.principal import ApiKeyUser, Principal
@@ -34,12 +35,16 @@ class ApiKeyAuthentication(BaseAuthentication):
         if len(pieces) != 3 or pieces[0] != ApiKey.KEY_PREFIX:
             # Not one of ours (a run token, for instance): let another authenticator try.
             return None
+        auth_failure_check(request)
+        # No caching of keys: a revoked or expired key fails on the very next request.
         api_key = ApiKey.objects.select_related("organization").filter(prefix=pieces[1]).first()
         # Hash compare even on a miss would not hide much: prefixes are public.
         if api_key is None or not api_key.matches(raw_key):
+            auth_failure_note(request)
             raise exceptions.AuthenticationFailed("Invalid API key.")
         now = timezone.now()
         if not api_key.is_usable(now):
+            auth_failure_note(request)
             raise exceptions.AuthenticationFailed("API key revoked or expired.")
         api_key_touch(api_key=api_key, now=now)
         principal = Principal(

@@ -5,6 +5,9 @@ import os
 from django.core.asgi import get_asgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+# Every request runs in a thread of its own here: share a bounded pool of database
+# connections rather than open one per concurrent request (config/settings, "Database").
+os.environ.setdefault("DATABASE_POOL_MAX_SIZE", "20")
 
 application = get_asgi_application()
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.db import InterfaceError
+from django.db import OperationalError as DatabaseOperationalError
 from django.http import Http404, JsonResponse
 from django.utils import timezone
 from rest_framework import exceptions, status
@@ -38,6 +40,12 @@ STATUS_CODES = {
     500: "INTERNAL_ERROR",
     503: "SERVICE_UNAVAILABLE",
 }
+
+
+# What a client should wait before trying again while the database is unreachable (a
+# restart or failover takes seconds); /readyz answers with the same value.
+DATABASE_RETRY_AFTER_S = 5
+DATABASE_ERRORS = (DatabaseOperationalError, InterfaceError)
 
 
 class ApiError(exceptions.APIException):
@@ -74,6 +82,20 @@ def error_response(
     return JsonResponse(error_body(code, message, details, **extra), status=http_status)
 
 
+def database_unavailable_body() -> tuple[dict, dict]:
+    """503 SERVICE_UNAVAILABLE while the database cannot be reached: (body, headers).
+
+    The error is the driver's (connection refused, server restarting, connection lost);
+    its text goes to the log only, never to the client.
+    """
+    body = error_body(
+        "SERVICE_UNAVAILABLE",
+        "The service is temporarily unavailable (database unreachable); try again shortly.",
+        {"retryAfter": DATABASE_RETRY_AFTER_S},
+    )
+    return body, {"Retry-After": str(DATABASE_RETRY_AFTER_S)}
+
+
 def _message_for(exc: exceptions.APIException) -> str:
     detail = exc.detail
     if isinstance(detail, str):
@@ -88,6 +110,17 @@ def api_exception_handler(exc, context):
         exc = exceptions.NotFound("Not found.")
     elif isinstance(exc, DjangoPermissionDenied):
         exc = exceptions.PermissionDenied()
+
+    if isinstance(exc, DATABASE_ERRORS):
+        request = context.get("request")
+        logger.warning(
+            "database unavailable on %s %s: %s",
+            getattr(request, "method", "?"),
+            getattr(request, "path", "?"),
+            exc,
+        )
+        body, headers = database_unavailable_body()
+        return Response(body, status=status.HTTP_503_SERVICE_UNAVAILABLE, headers=headers)
 
     if isinstance(exc, ApiError):
         response = Response(

@@ -21,10 +21,12 @@ Celery workers included -- has the signal handlers connected.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import os
 import signal
 import threading
+from collections.abc import Iterator
 from importlib import metadata as package_metadata
 
 from celery import signals
@@ -113,6 +115,28 @@ class NodeRuntime:
         self.shutdown_grace_s = SHUTDOWN_GRACE_S
         self._drain_thread: threading.Thread | None = None
         self._previous_sigterm = None
+        # Runs this process is executing itself (sync runs in an API process). Its
+        # heartbeat extends their leases and no others: a run whose execution died with
+        # its request (the database went away before the outcome was written) must not
+        # be kept alive for ever; once its lease runs out the reaper takes it back.
+        self._executing: set[str] = set()
+        self._executing_lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def executing(self, run_id) -> Iterator[None]:
+        """Mark a run as executed by this process for as long as the block runs."""
+        key = str(run_id)
+        with self._executing_lock:
+            self._executing.add(key)
+        try:
+            yield
+        finally:
+            with self._executing_lock:
+                self._executing.discard(key)
+
+    def executing_runs(self) -> set[str]:
+        with self._executing_lock:
+            return set(self._executing)
 
     @property
     def started(self) -> bool:
@@ -273,12 +297,16 @@ class NodeRuntime:
         node_id = self.node_id
         # run_active_node_idx.
         active = AgentRun.objects.filter(node_id=node_id, status=RunStatus.RUNNING).count()
+        held = worker_held_runs() if self.managed_by_worker else self.executing_runs()
         try:
             result = node_heartbeat(
                 node_id=node_id,
                 active_runs=active,
                 cpu_utilization=cpu_utilization(),
                 memory_utilization=memory_utilization(),
+                # A worker extends the leases of the runs its pool is executing, an API
+                # process those it executes itself; no others.
+                held_runs=held,
             )
         except NodeNotFound:
             result = None
@@ -320,6 +348,32 @@ class NodeRuntime:
 
 
 runtime = NodeRuntime()
+
+
+EXECUTE_RUN_TASK = "orchestration.execute_run"
+
+
+def worker_held_runs() -> set[str] | None:
+    """The runs this Celery worker's pool is executing now (None: unknown, so all).
+
+    Celery's main process tracks the requests its pool processes have accepted and not yet
+    finished (celery.worker.state.active_requests). A pool process that dies mid-run drops
+    its request from that set, and a worker restarted under the same node id starts with an
+    empty one: neither keeps a lease alive for a run nobody executes.
+    """
+    from celery.worker import state
+
+    for _ in range(3):
+        try:
+            requests = list(state.active_requests)
+        except RuntimeError:  # the set changed size while it was copied: read it again
+            continue
+        return {
+            str(request.args[0])
+            for request in requests
+            if request.task_name == EXECUTE_RUN_TASK and request.args
+        }
+    return None
 
 
 # --- Celery worker signals ---------------------------------------------------------------

@@ -5,11 +5,12 @@ from __future__ import annotations
 import uuid
 
 from django.db import transaction
-from django.db.models import Model, QuerySet
+from django.db.models import Model, ProtectedError, QuerySet
 from django.http import Http404
 from rest_framework import viewsets
 
 from agents.principal import Principal
+from config.exceptions import ApiError
 
 
 def scope_to_organization(
@@ -64,6 +65,20 @@ class OrganizationScopedModelViewSet(OrganizationScopedViewSetMixin, viewsets.Mo
     def perform_update(self, serializer) -> None:
         with transaction.atomic():
             serializer.save()
+
+    def perform_destroy(self, instance) -> None:
+        try:
+            with transaction.atomic():
+                instance.delete()
+        except ProtectedError as exc:
+            # Runs and tool executions keep their definitions (on_delete=PROTECT).
+            label = instance._meta.verbose_name
+            raise ApiError(
+                "IN_USE",
+                f"This {label} is part of recorded runs and cannot be deleted; disable it instead.",
+                http_status=409,
+                details={"references": len(exc.protected_objects)},
+            ) from exc
 
 
 class OrganizationScopedReadOnlyViewSet(

@@ -1,11 +1,15 @@
 from __future__ import annotations
 
+import uuid
+
+from django.utils.text import slugify
 from rest_framework import serializers
 
 from agents.models import Agent, Dataset, Tool
+from config.serializers import StrictTypesMixin
 
 
-class AgentSerializer(serializers.ModelSerializer):
+class AgentSerializer(StrictTypesMixin, serializers.ModelSerializer):
     intents = serializers.ListField(
         child=serializers.CharField(max_length=120), required=False, allow_empty=True
     )
@@ -46,15 +50,22 @@ class AgentSerializer(serializers.ModelSerializer):
         errors = {}
         if "name" in attrs and others.filter(name=attrs["name"]).exists():
             errors["name"] = ["An agent with this name already exists."]
-        if attrs.get("slug") and others.filter(slug=attrs["slug"]).exists():
+        slug = attrs.get("slug")
+        if self.instance is None and not slug and "name" in attrs:
+            # Derived from the name here rather than in agent_create, so it is checked for
+            # uniqueness like a given one; a name without ASCII letters or digits gets a
+            # generated slug.
+            slug = slugify(attrs["name"])[:120] or f"agent-{uuid.uuid4().hex[:12]}"
+            attrs["slug"] = slug
+        if slug and others.filter(slug=slug).exists():
             errors["slug"] = ["An agent with this slug already exists."]
         if errors:
             raise serializers.ValidationError(errors)
         return attrs
 
 
-class ToolSerializer(serializers.ModelSerializer):
-    agent = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+class ToolSerializer(StrictTypesMixin, serializers.ModelSerializer):
+    agent = serializers.SlugRelatedField(slug_field="slug", read_only=True, allow_null=True)
 
     class Meta:
         model = Tool
@@ -82,7 +93,7 @@ class ToolSerializer(serializers.ModelSerializer):
         return value
 
 
-class DatasetSerializer(serializers.ModelSerializer):
+class DatasetSerializer(StrictTypesMixin, serializers.ModelSerializer):
     class Meta:
         model = Dataset
         fields = [

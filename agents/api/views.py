@@ -1,19 +1,29 @@
 from __future__ import annotations
 
-from rest_framework.pagination import CursorPagination
+from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_view
 
 from agents import selectors, services
 from agents.api.base import OrganizationScopedModelViewSet
 from agents.api.serializers import AgentSerializer, DatasetSerializer, ToolSerializer
 from agents.choices import Scope
+from config.pagination import CappedCursorPagination
+from config.schema import ErrorEnvelopeSerializer
 
 
-class ByNamePagination(CursorPagination):
+class ByNamePagination(CappedCursorPagination):
     ordering = ("slug", "id")
-    page_size_query_param = "page_size"
-    max_page_size = 200
 
 
+@extend_schema_view(
+    destroy=extend_schema(
+        responses={
+            204: None,
+            409: OpenApiResponse(
+                ErrorEnvelopeSerializer, description="IN_USE: part of recorded runs."
+            ),
+        }
+    )
+)
 class CatalogViewSet(OrganizationScopedModelViewSet):
     read_scope = Scope.AGENTS_READ
     write_scope = Scope.AGENTS_WRITE

@@ -110,6 +110,20 @@ if EMBEDDED_DATABASE:
         "transaction_mode": "IMMEDIATE",
         "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
     }
+# A PostgreSQL connection pool per process (psycopg_pool) in place of persistent
+# connections, when DATABASE_POOL_MAX_SIZE > 0. The ASGI server runs every request in a
+# thread of its own, so without a pool each concurrent request holds a connection of its
+# own and a burst of requests exhausts the server's max_connections; config/asgi.py turns
+# the pool on (docs/CONFIGURATION.md). A request waits DATABASE_POOL_TIMEOUT_S for a free
+# connection, then answers 503 like any database outage.
+DATABASE_POOL_MAX_SIZE = env_int("DATABASE_POOL_MAX_SIZE", 0)
+if DATABASE_POOL_MAX_SIZE > 0 and not EMBEDDED_DATABASE:
+    DATABASES["default"]["CONN_MAX_AGE"] = 0  # the pool keeps the connections
+    DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+        "min_size": 1,
+        "max_size": DATABASE_POOL_MAX_SIZE,
+        "timeout": env_int("DATABASE_POOL_TIMEOUT_S", 10),
+    }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Redis and cache --------------------------------------------------------
@@ -120,7 +134,17 @@ if REDIS_URL:
             "BACKEND": "django_redis.cache.RedisCache",
             "LOCATION": REDIS_URL,
             "KEY_PREFIX": env_str("CACHE_KEY_PREFIX", "acp"),
-            "OPTIONS": {"CLIENT_CLASS": "django_redis.client.DefaultClient"},
+            "OPTIONS": {
+                "CLIENT_CLASS": "django_redis.client.DefaultClient",
+                # The cache holds hints (a RUNNING run's cancel flag, failed-authentication
+                # counters): with Redis down a read is a miss and a write is dropped, never
+                # an error that fails a run or a request. Not logged one by one (that would
+                # be a traceback per request during an outage): the policy store's warning
+                # and the health report say Redis is down. A hung Redis costs half a second.
+                "IGNORE_EXCEPTIONS": True,
+                "SOCKET_CONNECT_TIMEOUT": 0.5,
+                "SOCKET_TIMEOUT": 0.5,
+            },
         }
     }
 else:
@@ -155,6 +179,11 @@ CELERY_RESULT_EXTENDED = False
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+# Celery's Django fixup closes the database connection before and after every task unless
+# this is set (then once every CELERY_DB_REUSE_MAX tasks): a new PostgreSQL connection per
+# run costs more than the run. Workers keep theirs; orchestration.execute_run checks it
+# like a request does (CONN_MAX_AGE, errors). 0 restores Celery's default.
+CELERY_DB_REUSE_MAX = env_int("CELERY_DB_REUSE_MAX", 1000)
 CELERY_TASK_DEFAULT_QUEUE = env_str("CELERY_TASK_DEFAULT_QUEUE", "default")
 # The queue async runs are sent to (until node routing picks a node or region queue).
 RUN_DEFAULT_QUEUE = env_str("RUN_DEFAULT_QUEUE", CELERY_TASK_DEFAULT_QUEUE)
@@ -234,11 +263,27 @@ REST_FRAMEWORK = {
     "DEFAULT_PERMISSION_CLASSES": ["agents.permissions.HasScope"],
     "DEFAULT_PAGINATION_CLASS": "config.pagination.NewestFirstCursorPagination",
     "PAGE_SIZE": 50,
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_SCHEMA_CLASS": "config.schema.ApiAutoSchema",
     "EXCEPTION_HANDLER": "config.exceptions.api_exception_handler",
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
-    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_PARSER_CLASSES": ["config.parsers.ApiJSONParser"],
 }
+# --- Throttles on failed authentication (README "Request limits and throttles") ---
+# Failed API authentications (key, node token, run token) per client address and window;
+# more answer 429 RATE_LIMITED with Retry-After until the window ends. 0 turns it off.
+AUTH_FAILURE_LIMIT = env_int("AUTH_FAILURE_LIMIT", 50)
+AUTH_FAILURE_WINDOW_S = env_int("AUTH_FAILURE_WINDOW_S", 60)
+# Failed admin logins per client address and per username and window; more answer 429.
+ADMIN_LOGIN_FAILURE_LIMIT = env_int("ADMIN_LOGIN_FAILURE_LIMIT", 10)
+ADMIN_LOGIN_WINDOW_S = env_int("ADMIN_LOGIN_WINDOW_S", 300)
+
+# --- Request limits (README "Request limits and throttles") --------------------
+# Largest request body; more answers 413 PAYLOAD_TOO_LARGE (Django's default, 2.5 MiB).
+DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("API_MAX_BODY_BYTES", 2_621_440)
+# Deepest nesting of a JSON body; deeper answers 400 INVALID_REQUEST.
+API_JSON_MAX_DEPTH = env_int("API_JSON_MAX_DEPTH", 32)
+# Largest "payload" of POST /api/orchestrate, serialized; more answers 400 INVALID_REQUEST.
+ORCHESTRATE_PAYLOAD_MAX_BYTES = env_int("ORCHESTRATE_PAYLOAD_MAX_BYTES", 1_048_576)
 SPECTACULAR_SETTINGS = {
     "TITLE": "Agent Control Plane API",
     "DESCRIPTION": "Runs AI agents for many organizations and records everything they did.",

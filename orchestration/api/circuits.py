@@ -14,6 +14,7 @@ from agents.api.base import scope_to_organization
 from agents.choices import Scope
 from agents.models import Agent
 from config.exceptions import ApiError
+from config.serializers import StrictTypesMixin
 from orchestration.policies import PolicyStoreUnavailable, policy_store
 from orchestration.services.circuits import AgentCircuit, circuit_force, circuit_list
 
@@ -63,7 +64,7 @@ class CircuitListSerializer(serializers.Serializer):
     timestamp = serializers.DateTimeField()
 
 
-class CircuitForceSerializer(serializers.Serializer):
+class CircuitForceSerializer(StrictTypesMixin, serializers.Serializer):
     state = serializers.ChoiceField(
         choices=["OPEN", "CLOSED"], allow_null=True, help_text="null releases the override."
     )

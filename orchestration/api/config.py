@@ -213,16 +213,22 @@ def _written(revision: OrchestratorConfigRevision | None) -> Response:
     )
 
 
+class RevisionPageQuerySerializer(serializers.Serializer):
+    """The cursor pagination's parameters (validated by the paginator itself)."""
+
+    cursor = serializers.CharField(
+        required=False, allow_blank=True, help_text="From a previous page's next."
+    )
+    page_size = serializers.IntegerField(
+        required=False, min_value=1, help_text="Results per page; larger values are capped at 200."
+    )
+
+
 class ConfigRevisionListView(FleetViewMixin, APIView):
     @extend_schema(
         operation_id="orchestration_config_revisions",
         summary="The history of the live configuration, newest first",
-        parameters=[
-            OpenApiParameter("cursor", str, OpenApiParameter.QUERY, required=False),
-            OpenApiParameter(
-                "page_size", int, OpenApiParameter.QUERY, required=False, description="<= 200"
-            ),
-        ],
+        parameters=[RevisionPageQuerySerializer],
         responses={200: ConfigRevisionListResponseSerializer, **ERRORS},
     )
     def get(self, request):

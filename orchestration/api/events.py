@@ -31,6 +31,7 @@ from agents.choices import MemberRole, Scope
 from agents.models import Agent, Organization
 from agents.principal import Principal
 from config.exceptions import ApiError, api_exception_handler, error_response
+from config.schema import ErrorEnvelopeSerializer
 from orchestration.api.fleet_auth import (
     FleetPrincipal,
     NodeTokenAuthentication,
@@ -174,7 +175,8 @@ class EventListView(APIView):
         },
     )
     def get(self, request):
-        query = EventListQuerySerializer(data=request.query_params)
+        # A plain dict: a QueryDict lets DRF skip blank values ("type=") instead of refusing.
+        query = EventListQuerySerializer(data=request.query_params.dict())
         query.is_valid(raise_exception=True)
         params = query.validated_data
         scope = event_scope(request.auth, params)
@@ -233,7 +235,7 @@ def _stream_prepare(request) -> HttpResponse | tuple[EventScope, int | None, str
             raise exceptions.NotAuthenticated()
         if not EventReadPermission().has_permission(drf_request, None):
             raise exceptions.PermissionDenied(EventReadPermission.message)
-        query = EventQuerySerializer(data=request.GET)
+        query = EventQuerySerializer(data=request.GET.dict())
         query.is_valid(raise_exception=True)
         params = query.validated_data
         # A reconnecting EventSource repeats its original URL and adds the header.
@@ -248,6 +250,11 @@ def _stream_prepare(request) -> HttpResponse | tuple[EventScope, int | None, str
 async def event_stream_view(request):
     if request.method != "GET":
         return error_response("METHOD_NOT_ALLOWED", "Method not allowed.", 405)
+    # Credentials and the query are checked first, so a bad request is told so (4xx)
+    # whichever server it reached.
+    prepared = await sync_to_async(_stream_prepare)(request)
+    if isinstance(prepared, HttpResponse):
+        return prepared
     if not isinstance(request, ASGIRequest):
         return error_response(
             "NOT_IMPLEMENTED",
@@ -255,9 +262,6 @@ async def event_stream_view(request):
             " (uvicorn config.asgi:application); poll GET /api/orchestration/events instead.",
             501,
         )
-    prepared = await sync_to_async(_stream_prepare)(request)
-    if isinstance(prepared, HttpResponse):
-        return prepared
     scope, after, key = prepared
     cap = settings.SSE_MAX_CONNECTIONS_PER_KEY
     slot = await stream_slots().acquire(key, cap)
@@ -309,7 +313,7 @@ class EventStreamSchema(APIView):
             EventQuerySerializer,
             OpenApiParameter(
                 "Last-Event-ID",
-                OpenApiTypes.INT,
+                {"type": "integer", "minimum": 0},
                 OpenApiParameter.HEADER,
                 description="Resume after this event id (sent by EventSource on reconnect).",
             ),
@@ -320,6 +324,11 @@ class EventStreamSchema(APIView):
             ),
             400: OpenApiResponse(description="A bad parameter (INVALID_REQUEST)."),
             429: OpenApiResponse(description="Too many open streams (RATE_LIMITED)."),
+            501: OpenApiResponse(
+                response=ErrorEnvelopeSerializer,
+                description="Reached a WSGI server: the stream needs the ASGI server"
+                " (NOT_IMPLEMENTED).",
+            ),
         },
     )
     def get(self, request):  # pragma: no cover - never routed

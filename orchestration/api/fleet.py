@@ -18,6 +18,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from config.exceptions import ApiError
+from config.serializers import StrictTypesMixin
 from orchestration.api.fleet_auth import FleetViewMixin
 from orchestration.services.fleet_metrics import fleet_metrics
 from orchestration.services.health import (
@@ -78,7 +79,7 @@ class PriorityField(serializers.Field):
         return value
 
 
-class RouteRequestSerializer(serializers.Serializer):
+class RouteRequestSerializer(StrictTypesMixin, serializers.Serializer):
     requestId = serializers.CharField(required=False, allow_blank=True, max_length=255)
     sourceRegion = serializers.CharField(
         required=False, allow_blank=True, allow_null=True, max_length=64
@@ -213,7 +214,7 @@ def _utilization_field():
     )
 
 
-class ScalingEvaluateRequestSerializer(serializers.Serializer):
+class ScalingEvaluateRequestSerializer(StrictTypesMixin, serializers.Serializer):
     cpuUtilization = _utilization_field()
     memoryUtilization = _utilization_field()
     requestRate = serializers.FloatField(

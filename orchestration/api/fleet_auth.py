@@ -16,6 +16,7 @@ from rest_framework.authentication import BaseAuthentication, SessionAuthenticat
 from rest_framework.permissions import SAFE_METHODS, BasePermission
 
 from agents.authentication import ApiKeyAuthentication
+from agents.authentication_throttle import auth_failure_check, auth_failure_note
 
 NODE_TOKEN_PREFIX = "node_"  # noqa: S105 (a marker, not a secret)
 
@@ -42,8 +43,10 @@ class NodeTokenAuthentication(BaseAuthentication):
             return None
         if not parts[1].startswith(NODE_TOKEN_PREFIX):
             return None
+        auth_failure_check(request)
         expected = settings.ORCHESTRATOR_NODE_TOKEN
         if not expected or not hmac.compare_digest(parts[1].encode(), expected.encode()):
+            auth_failure_note(request)
             raise exceptions.AuthenticationFailed("Invalid node token.")
         return None, FleetPrincipal(kind="node")
 

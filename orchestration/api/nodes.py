@@ -8,12 +8,13 @@ Reads are open to any authenticated caller; writes to nodes (the node token) and
 from __future__ import annotations
 
 from django.utils import timezone
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import extend_schema
 from rest_framework import serializers
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from config.exceptions import ApiError
+from config.serializers import StrictTypesMixin
 from orchestration.api.fleet_auth import FleetViewMixin
 from orchestration.choices import NodeStatus
 from orchestration.models import OrchestratorNode
@@ -93,7 +94,7 @@ class HeartbeatResponseSerializer(NodeResponseSerializer):
     leasesExtended = serializers.IntegerField()
 
 
-class NodeRegisterSerializer(serializers.Serializer):
+class NodeRegisterSerializer(StrictTypesMixin, serializers.Serializer):
     id = serializers.RegexField(NODE_ID_PATTERN, max_length=200)
     region = serializers.RegexField(NODE_ID_PATTERN, max_length=64)
     endpoint = serializers.CharField(max_length=500, allow_blank=True)
@@ -105,7 +106,7 @@ class NodeRegisterSerializer(serializers.Serializer):
     version = serializers.CharField(required=False, default="", allow_blank=True, max_length=64)
 
 
-class NodeHeartbeatSerializer(serializers.Serializer):
+class NodeHeartbeatSerializer(StrictTypesMixin, serializers.Serializer):
     activeRuns = serializers.IntegerField(required=False, min_value=0, max_value=1_000_000)
     capacity = serializers.IntegerField(required=False, min_value=0, max_value=100_000)
     cpuUtilization = serializers.FloatField(required=False, min_value=0.0, max_value=1.0)
@@ -113,9 +114,15 @@ class NodeHeartbeatSerializer(serializers.Serializer):
 
 
 class NodeListQuerySerializer(serializers.Serializer):
-    region = serializers.CharField(required=False, max_length=64)
-    status = serializers.ChoiceField(required=False, choices=NodeStatus.choices)
-    capability = serializers.CharField(required=False, max_length=120)
+    region = serializers.CharField(
+        required=False, max_length=64, help_text="Only nodes of this region."
+    )
+    status = serializers.ChoiceField(
+        required=False, choices=NodeStatus.choices, help_text="Only this status."
+    )
+    capability = serializers.CharField(
+        required=False, max_length=120, help_text="Only nodes that can run this."
+    )
 
 
 class FailoverResultSerializer(serializers.Serializer):
@@ -146,17 +153,12 @@ class NodeListView(FleetViewMixin, APIView):
     @extend_schema(
         operation_id="orchestration_nodes_list",
         summary="Discover nodes",
-        parameters=[
-            OpenApiParameter("region", str, description="Only nodes of this region."),
-            OpenApiParameter(
-                "status", str, enum=NodeStatus.values, description="Only this status."
-            ),
-            OpenApiParameter("capability", str, description="Only nodes that can run this."),
-        ],
+        parameters=[NodeListQuerySerializer],
         responses={200: NodeListResponseSerializer},
     )
     def get(self, request):
-        query = NodeListQuerySerializer(data=request.query_params)
+        # A plain dict: a QueryDict lets DRF skip blank values ("status=") instead of refusing.
+        query = NodeListQuerySerializer(data=request.query_params.dict())
         query.is_valid(raise_exception=True)
         now = timezone.now()
         nodes = node_services.node_list(**query.validated_data)

@@ -1,11 +1,15 @@
 from __future__ import annotations
 
+import json
+
+from django.conf import settings
 from rest_framework import serializers
 
+from config.serializers import StrictTypesMixin
 from runs.choices import RunMode
 
 
-class OrchestrateRequestSerializer(serializers.Serializer):
+class OrchestrateRequestSerializer(StrictTypesMixin, serializers.Serializer):
     """POST /api/orchestrate (API.md): camelCase as the original clients send it."""
 
     agent = serializers.CharField(required=False, allow_blank=False, max_length=120)
@@ -17,6 +21,15 @@ class OrchestrateRequestSerializer(serializers.Serializer):
     objective = serializers.CharField(
         required=False, allow_blank=True, default="", max_length=10_000
     )
+
+    def validate_payload(self, value):
+        limit = settings.ORCHESTRATE_PAYLOAD_MAX_BYTES
+        size = len(json.dumps(value, separators=(",", ":")).encode())
+        if size > limit:
+            raise serializers.ValidationError(
+                f"The payload is {size} bytes serialized; at most {limit} are accepted."
+            )
+        return value
 
 
 class ErrorSerializer(serializers.Serializer):

@@ -22,6 +22,12 @@ from runs.choices import ACTIVE_RUN_STATES, RunMode
 IDEMPOTENCY_KEY_MAX = 255
 
 
+def _echoed_agent(data) -> str | None:
+    """The request's agent, echoed in a failure only when it is a name (a string)."""
+    agent = data.get("agent") if isinstance(data, dict) else None
+    return agent if isinstance(agent, str) else None
+
+
 class OrchestrateView(APIView):
     """Run an agent: resolve, police, persist, execute (sync) or enqueue (async)."""
 
@@ -52,7 +58,7 @@ class OrchestrateView(APIView):
                 code="INVALID_REQUEST",
                 message="The request is invalid; see details.",
                 details=serializer.errors,
-                agent=request.data.get("agent") if isinstance(request.data, dict) else None,
+                agent=_echoed_agent(request.data),
             )
             return Response(body, status=status.HTTP_400_BAD_REQUEST)
         data = serializer.validated_data
@@ -78,6 +84,19 @@ class OrchestrateView(APIView):
         )
         result = orchestrate(command, request.auth)
         return Response(result.body, status=result.http_status, headers=result.headers)
+
+    def handle_exception(self, exc):
+        # Errors raised before the view body runs (unparseable JSON, bad or missing
+        # credentials, throttling) still answer in the orchestrate failure shape (API.md).
+        response = super().handle_exception(exc)
+        body = response.data
+        if isinstance(body, dict) and body.get("success") is False and "status" not in body:
+            response.data = failure_envelope(
+                code=body["error"]["code"],
+                message=body["error"]["message"],
+                details=body["error"].get("details"),
+            )
+        return response
 
 
 class RunViewSet(RunReadViewSet):

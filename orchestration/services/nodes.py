@@ -128,12 +128,17 @@ def node_heartbeat(
     capacity: int | None = None,
     cpu_utilization: float | None = None,
     memory_utilization: float | None = None,
+    held_runs: Iterable | None = None,
     now: datetime | None = None,
 ) -> HeartbeatResult:
     """Record a heartbeat: one UPDATE of the node row plus one UPDATE of its leases.
 
     The lease of every RUNNING run the node holds is pushed to now + lease_s whatever the
     node's status: a lease says "this process is alive and still working on the run".
+    held_runs, when the node knows them (a Celery worker: the runs its pool is executing),
+    narrows that to those runs: a run whose pool process died, or that a previous process
+    under the same node id left behind, is not being worked on, so its lease runs out and
+    the reaper takes it back.
     Raises NodeNotFound for a node that never registered.
     """
     now = now or timezone.now()
@@ -177,9 +182,13 @@ def node_heartbeat(
             raise NodeNotFound(node_id)
 
     lease_s = float(config_current()["nodes"]["lease_s"])
-    leases = AgentRun.objects.filter(node_id=node_id, status=RunStatus.RUNNING).update(
-        lease_expires_at=now + timedelta(seconds=lease_s)
-    )
+    held = AgentRun.objects.filter(node_id=node_id, status=RunStatus.RUNNING)
+    if held_runs is not None:
+        held_ids = list(held_runs)
+        held = held.filter(pk__in=held_ids) if held_ids else None
+    leases = 0
+    if held is not None:
+        leases = held.update(lease_expires_at=now + timedelta(seconds=lease_s))
     return HeartbeatResult(
         node_id=node_id, live=live, revived=revived, status=status, leases_extended=leases
     )

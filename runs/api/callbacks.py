@@ -18,6 +18,8 @@ from rest_framework.permissions import BasePermission
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from agents.authentication_throttle import auth_failure_check, auth_failure_note
+from config.serializers import StrictTypesMixin
 from runs.choices import RunStatus, StepStatus, ToolExecutionStatus
 from runs.models import AgentRun, AgentRunMetric, RunStep
 from runs.recorder import tool_execution_upsert
@@ -30,8 +32,10 @@ class RunTokenAuthentication(BaseAuthentication):
         parts = header.split()
         if len(parts) != 2 or parts[0].lower() != "bearer" or not parts[1].startswith(TOKEN_PREFIX):
             return None
+        auth_failure_check(request)
         claims = run_token_read(parts[1])
         if claims is None:
+            auth_failure_note(request)
             raise exceptions.AuthenticationFailed("Invalid run token.")
         return None, claims
 
@@ -52,7 +56,7 @@ class HoldsRunToken(BasePermission):
         return isinstance(request.auth, RunTokenClaims)
 
 
-class ToolExecutionReportSerializer(serializers.Serializer):
+class ToolExecutionReportSerializer(StrictTypesMixin, serializers.Serializer):
     tool = serializers.SlugField(max_length=120)
     callId = serializers.CharField(required=False, max_length=120)
     status = serializers.ChoiceField(choices=ToolExecutionStatus.choices)
@@ -65,13 +69,13 @@ class ToolExecutionReportSerializer(serializers.Serializer):
     metadata = serializers.DictField(required=False)
 
 
-class MetricReportSerializer(serializers.Serializer):
+class MetricReportSerializer(StrictTypesMixin, serializers.Serializer):
     name = serializers.CharField(max_length=120)
     value = serializers.FloatField()
     metadata = serializers.DictField(required=False, default=dict)
 
 
-class StepReportSerializer(serializers.Serializer):
+class StepReportSerializer(StrictTypesMixin, serializers.Serializer):
     name = serializers.CharField(max_length=200)
     status = serializers.ChoiceField(choices=StepStatus.choices, default=StepStatus.SUCCESS)
     payload = serializers.JSONField(required=False, allow_null=True)

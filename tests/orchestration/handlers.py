@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from collections import defaultdict
 
@@ -117,3 +119,27 @@ class PublishHandler(AgentHandler):
             run=run,
         )
         return {"event": event.pk if event else None}
+
+
+@register
+class PoisonHandler(AgentHandler):
+    """Kills the Celery pool process executing it, every time (the fault suite's F6).
+
+    Each execution first appends a line to payload["marker"], so the test can count them.
+    Outside a Celery worker it refuses rather than take the calling process down.
+    """
+
+    key = "test-poison"
+
+    def handle(self, request, ctx):
+        from orchestration.worker import runtime
+
+        marker = (request.payload or {}).get("marker")
+        if marker:
+            with open(marker, "a") as executions:
+                executions.write(f"{request.run_id} {os.getpid()}\n")
+        if not runtime.managed_by_worker:
+            raise PermanentHandlerError("test-poison only runs in a Celery worker")
+        os.kill(os.getpid(), signal.SIGKILL)
+        time.sleep(10)  # never reached: the signal is delivered at once
+        return {}

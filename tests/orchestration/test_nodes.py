@@ -274,6 +274,25 @@ def test_a_heartbeat_is_one_update_of_the_node_plus_one_of_its_leases(
     assert other.lease_expires_at < run.lease_expires_at  # another node's lease is untouched
 
 
+def test_a_workers_heartbeat_extends_only_the_leases_of_the_runs_it_executes(make_agent):
+    """held_runs: a run whose pool process died, or an earlier process left, runs out."""
+    agent = make_agent("Sleeper", "test-sleep", intents=["nap"])
+    register("w-1")
+    executing = running_run(agent, "w-1")
+    orphaned = running_run(agent, "w-1")
+    claimed_lease = AgentRun.objects.get(pk=orphaned.pk).lease_expires_at
+    config_current()
+    later = timezone.now() + timedelta(seconds=30)
+    result = node_services.node_heartbeat(node_id="w-1", held_runs={str(executing.pk)}, now=later)
+    assert result.leases_extended == 1
+    executing.refresh_from_db()
+    orphaned.refresh_from_db()
+    assert executing.lease_expires_at == later + timedelta(seconds=60)
+    assert orphaned.lease_expires_at == claimed_lease  # runs out: the reaper takes it back
+    idle = node_services.node_heartbeat(node_id="w-1", held_runs=set(), now=later)
+    assert idle.live and idle.leases_extended == 0
+
+
 def test_a_heartbeat_brings_an_unhealthy_node_back_and_a_drained_one_back_to_draining():
     register("w-1")
     register("w-2")

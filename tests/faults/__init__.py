@@ -1,0 +1,1 @@
+"""Fault and abuse scenarios (docs/RELIABILITY.md): real processes, measured figures."""
