@@ -231,8 +231,7 @@ def _redis_now_us(client: redis.Redis) -> int:
 def test_four_processes_admit_exactly_the_limit(workers, prefix, store):
     # GCRA admits a burst of exactly `limit`, then one per interval (window / limit). With
     # an interval of 36 s, the 1,000 racing requests get the burst and nothing more unless
-    # the race itself lasts 36 s: the bound below is GCRA's guarantee over the race's span,
-    # measured on the Redis clock the script uses.
+    # the race itself lasts 36 s (measured on the Redis clock the script uses).
     limit = RateLimit(limit=100, window_s=3600)
     interval_us = limit.interval_us
     started_us = _redis_now_us(store.client)
@@ -246,7 +245,9 @@ def test_four_processes_admit_exactly_the_limit(workers, prefix, store):
     assert len(decisions) == 1000
     admitted = [d for d in decisions if d.allowed]
     refused = [d for d in decisions if not d.allowed]
-    assert 100 <= len(admitted) <= 100 + (ended_us - started_us) // interval_us
+    # The race is far shorter than one interval, so GCRA's bound is the burst itself.
+    assert ended_us - started_us < interval_us
+    assert len(admitted) == 100
     # The organization's TAT moved exactly one interval per admission, from the instant of
     # the first one.
     tat = int(store.client.get(f"{prefix}tat:rl:org-1:agent-1"))
