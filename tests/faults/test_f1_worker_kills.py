@@ -119,15 +119,16 @@ def test_f1_worker_kills_under_load_lose_no_run_and_complete_none_twice(
             for k in range(1, KILLS + 1):
                 threshold = total * k // (KILLS + 1)
                 deadline = time.monotonic() + 60
+                holding = 0
                 while time.monotonic() < deadline:
                     submitted = len(accepted) >= threshold or not any(c.is_alive() for c in clients)
-                    holding = ours.filter(node_id=victim.name, status=RunStatus.RUNNING).exists()
+                    holding = ours.filter(node_id=victim.name, status=RunStatus.RUNNING).count()
                     if submitted and holding:
                         break
                     time.sleep(0.02)
-                held_at_kill.append(
-                    ours.filter(node_id=victim.name, status=RunStatus.RUNNING).count()
-                )
+                # What it held the instant before the kill: a second count could already
+                # miss a run that ended in between, which says nothing about the kill.
+                held_at_kill.append(holding)
                 worker_kill(victim)
                 kills += 1
                 time.sleep(0.5)
