@@ -51,9 +51,27 @@ PENDING_TIMEOUT_S = pick(ci=15, full=60)
 LEASE_S = 12
 
 
-def submit(api: ApiServer, raw_key: str, count: int, accepted: list, answers: Counter):
+# Once a client has sent its share it keeps submitting at this pace until every kill is
+# done, so the victim always gets work to hold when it is killed (a fast submission must
+# not leave the last kills waiting on an idle worker) without growing the backlog beyond
+# what the workers drain within the pending timeout.
+TRICKLE_S = 0.1
+
+
+def submit(
+    api: ApiServer,
+    raw_key: str,
+    count: int,
+    accepted: list,
+    answers: Counter,
+    killing: threading.Event,
+):
     with api.client(raw_key) as client:
-        for _ in range(count):
+        sent = 0
+        while sent < count or killing.is_set():
+            if sent >= count:
+                time.sleep(TRICKLE_S)
+            sent += 1
             try:
                 response = client.post(
                     "/api/orchestrate",
@@ -94,6 +112,8 @@ def test_f1_worker_kills_under_load_lose_no_run_and_complete_none_twice(
     answers: Counter = Counter()
     kills = restarts = 0
     held_at_kill: list[int] = []
+    killing = threading.Event()
+    killing.set()
 
     with scenario("F1", "Worker kills under load") as figures:
         try:
@@ -105,7 +125,7 @@ def test_f1_worker_kills_under_load_lose_no_run_and_complete_none_twice(
             clients = [
                 threading.Thread(
                     target=submit,
-                    args=(api, tenant_a.raw_key, RUNS // CLIENTS, accepted, answers),
+                    args=(api, tenant_a.raw_key, RUNS // CLIENTS, accepted, answers, killing),
                 )
                 for _ in range(CLIENTS)
             ]
@@ -121,7 +141,7 @@ def test_f1_worker_kills_under_load_lose_no_run_and_complete_none_twice(
                 deadline = time.monotonic() + 60
                 holding = 0
                 while time.monotonic() < deadline:
-                    submitted = len(accepted) >= threshold or not any(c.is_alive() for c in clients)
+                    submitted = len(accepted) >= threshold
                     holding = ours.filter(node_id=victim.name, status=RunStatus.RUNNING).count()
                     if submitted and holding:
                         break
@@ -134,6 +154,7 @@ def test_f1_worker_kills_under_load_lose_no_run_and_complete_none_twice(
                 time.sleep(0.5)
                 victim.start()
                 restarts += 1
+            killing.clear()
             for client in clients:
                 client.join(timeout=600)
             load_s = time.monotonic() - started
@@ -151,6 +172,7 @@ def test_f1_worker_kills_under_load_lose_no_run_and_complete_none_twice(
                     last = (now_active, time.monotonic())
             not_terminal = active_runs(ours)
         finally:
+            killing.clear()
             reaper.stop()
             api.stop()
             victim.stop()
