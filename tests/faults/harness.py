@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
-import time
 from collections import Counter
 
 import httpx
@@ -24,6 +22,8 @@ from orchestration.services import reaper
 from orchestration.services.config import config_update
 from runs.choices import ACTIVE_RUN_STATES
 from runs.models import AgentRun
+from tests.faults.servers import free_port
+from tests.faults.servers import wait_until as wait_for
 from tests.orchestration.workers import (
     ROOT,
     TEST_HANDLER_MODULES,
@@ -41,16 +41,6 @@ FAST_FLEET = {
     "pending_timeout_s": 15,
     "max_attempts": 3,
 }
-
-
-def wait_for(condition, *, timeout: float, what: str, interval: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def fleet_configure(**nodes) -> dict:
@@ -83,12 +73,6 @@ def active_runs(queryset=None) -> int:
 
 def statuses(queryset) -> dict[str, int]:
     return dict(Counter(queryset.values_list("status", flat=True)))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class ApiServer:
