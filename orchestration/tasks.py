@@ -4,25 +4,23 @@ from __future__ import annotations
 
 import logging
 
-from celery import shared_task
+from celery import shared_task, signals
 from django.conf import settings
-from django.db import InterfaceError, OperationalError, close_old_connections, connection
-from django.db.models import JSONField
-from django.db.models.expressions import RawSQL
+from django.db import InterfaceError, OperationalError, close_old_connections
 
+from orchestration import bus
 from orchestration.bus import retention
 from orchestration.services import reaper
 from orchestration.services.execution import run_execute
-from runs.choices import RunStatus
-from runs.models import AgentRun
+from runs import services as run_services
 
 logger = logging.getLogger(__name__)
 
-# The run's agent's config rows as one JSON object (see resolution.agent_effective_config).
-_CONFIG_ROWS_SQL = (
-    "SELECT jsonb_object_agg(c.key, c.value) FROM agent_configs c"
-    ' WHERE c.agent_id = "agent_runs"."agent_id"'
-)
+
+@signals.worker_process_shutdown.connect
+def events_flush(**kwargs) -> None:
+    """A pool process stops: send the events it committed before it goes."""
+    bus.broadcast_flush(2.0)
 
 
 @shared_task(
@@ -48,21 +46,18 @@ def execute_run(self, run_id: str) -> str:
         # dropped here, as Django does per request, once too old or broken (a failed try
         # leaves it marked, so the retry reconnects).
         close_old_connections()
-    runs = AgentRun.objects.select_related("agent", "organization", "dataset").filter(pk=run_id)
-    if connection.vendor == "postgresql":
-        # The agent's config rows in the same query (agent_effective_config reads them).
-        # A constant statement, no parameters.
-        runs = runs.annotate(agent_config_rows=RawSQL(_CONFIG_ROWS_SQL, (), JSONField()))  # noqa: S611
-    run = runs.first()
+    # Claimed and read in one statement (with its agent, config rows and organization).
+    run, why_not = run_services.run_claim_queued(
+        run_id=run_id,
+        node_id=settings.ORCHESTRATOR_NODE_ID,
+        lease_seconds=settings.RUN_LEASE_SECONDS,
+    )
     if run is None:
-        logger.warning("execute_run: run %s does not exist", run_id)
-        return "missing"
-    if run.status != RunStatus.PENDING:
-        return f"skipped:{run.status}"
-    if hasattr(run, "agent_config_rows"):
-        run.agent.config_rows = run.agent_config_rows or {}
-    executed = run_execute(run=run, node_id=settings.ORCHESTRATOR_NODE_ID)
-    return run.status if executed else "not-claimed"
+        if why_not == "missing":
+            logger.warning("execute_run: run %s does not exist", run_id)
+        return why_not
+    run_execute(run=run, node_id=settings.ORCHESTRATOR_NODE_ID, claimed=True)
+    return run.status
 
 
 # The fleet's housekeeping, run by Celery beat every heartbeat interval (settings

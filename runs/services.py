@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -13,12 +15,14 @@ from typing import Any
 
 from django.conf import settings
 from django.core.cache import cache
-from django.db import connections, router, transaction
+from django.db import connections, models, router, transaction
 from django.utils import timezone
 
+from agents.models import Agent, AgentConfig, Organization
 from runs.choices import ACTIVE_RUN_STATES, RunStatus
 from runs.models import AgentRun
 from runs.recorder import RunRecords, recording_flush
+from runs.sql import model_columns, row_instance
 
 CANCEL_FLAG_TTL = 24 * 3600
 
@@ -90,9 +94,18 @@ def run_create(
     retry_of: AgentRun | None = None,
     request_fingerprint: str | None = None,
     node_id: str = "",
+    claimed_by: str = "",
+    lease_seconds: int = 0,
 ) -> AgentRun:
-    """Insert the PENDING run: it exists before anything is dispatched. ``node_id``: the
-    node an async run was routed to (its own queue), if any."""
+    """Insert the run: it exists before anything is dispatched. ``node_id``: the node an
+    async run was routed to (its own queue), if any.
+
+    ``claimed_by``: the node that executes the run at once in this process (a sync run).
+    The row is then inserted as run_claim would leave it (RUNNING, attempt 1, that node,
+    a lease of ``lease_seconds``): the claim cannot race anybody for a row nobody else has
+    seen, so it costs no statement of its own. A process that dies holding it is handled
+    like any claimed run: its lease expires and the reaper re-queues or fails it.
+    """
     now = timezone.now()
     run = AgentRun(
         organization=organization,
@@ -112,6 +125,9 @@ def run_create(
         created_at=now,
         updated_at=now,
     )
+    if claimed_by:
+        run.mark_running(node_id=claimed_by, now=now)
+        run.lease_expires_at = now + timedelta(seconds=lease_seconds)
     alias = router.db_for_write(AgentRun)
     connection = connections[alias]
     if connection.vendor != "postgresql":
@@ -123,7 +139,7 @@ def run_create(
     with connection.cursor() as cursor:
         cursor.execute(
             _insert_sql(),
-            [f.get_db_prep_save(getattr(run, f.attname), connection) for f in fields],
+            db_prep_values(fields, [getattr(run, f.attname) for f in fields], connection),
         )
     run._state.adding = False
     run._state.db = alias
@@ -132,6 +148,51 @@ def run_create(
 
 _RUN_FIELDS: list | None = None
 _INSERT_SQL: str | None = None
+
+# Python types a field of this class stores unchanged on PostgreSQL: get_db_prep_save() of
+# such a value returns it as it is (after checks that cannot fail for it), so the hot path
+# passes it straight to the driver. Any other value -- None aside -- and every field class
+# not listed (JSON above all) goes through the field's own get_db_prep_save().
+_TEXT: tuple[type, ...] = (str,)
+_DATETIME: tuple[type, ...] = (datetime,)
+_PLAIN_TYPES: dict[type, tuple[type, ...]] = {
+    models.UUIDField: (uuid.UUID,),
+    models.CharField: _TEXT,
+    models.SlugField: _TEXT,
+    models.TextField: _TEXT,
+    models.BooleanField: (bool,),
+}  # (integers are not: Django wraps them in the driver's sized types, Int4 and the like)
+
+
+@functools.cache
+def _plain_types(field) -> tuple[type, ...]:
+    target = field.target_field if field.is_relation else field
+    if isinstance(target, models.DateTimeField):
+        return _DATETIME
+    return _PLAIN_TYPES.get(type(target), ())
+
+
+def db_prep_values(fields, values, connection) -> list:
+    """``[f.get_db_prep_save(v, connection) for f, v in zip(fields, values)]`` on PostgreSQL,
+    without the per-value work for values stored as they are (None, and a value of the
+    field's own plain type -- an aware datetime for a DateTimeField)."""
+    prepared = []
+    for field, value in zip(fields, values, strict=True):
+        if value is None:
+            prepared.append(None)
+            continue
+        kinds = _plain_types(field)
+        if kinds is _TEXT:
+            plain = isinstance(value, str)  # choices (str enums) are stored as they are too
+        elif kinds is _DATETIME:
+            plain = type(value) is datetime and value.tzinfo is not None
+        else:
+            plain = type(value) in kinds
+        if plain:
+            prepared.append(value)
+        else:
+            prepared.append(field.get_db_prep_save(value, connection))
+    return prepared
 
 
 def _run_fields() -> list:
@@ -203,6 +264,72 @@ def run_claim(*, run: AgentRun, node_id: str, lease_seconds: int) -> bool:
     run.mark_running(node_id=node_id, now=now)
     run.lease_expires_at = lease
     return True
+
+
+@functools.cache
+def _claim_queued_sql() -> str:
+    runs, agents, orgs = (m._meta.db_table for m in (AgentRun, Agent, Organization))
+    columns = ", ".join(model_columns(m)[0] for m in (AgentRun, Agent, Organization))
+    # Table and column names come from the models; values are parameters.
+    return (
+        f'UPDATE "{runs}" SET status = %s, node_id = %s, started_at = %s,'  # noqa: S608
+        f' attempt = "{runs}".attempt + 1, lease_expires_at = %s, updated_at = %s'
+        f' FROM "{agents}", "{orgs}"'
+        f' WHERE "{runs}".id = %s AND "{runs}".status = %s'
+        f' AND "{agents}".id = "{runs}".agent_id AND "{orgs}".id = "{runs}".organization_id'
+        f" RETURNING {columns}, (SELECT jsonb_object_agg(c.key, c.value)"
+        f' FROM "{AgentConfig._meta.db_table}" c WHERE c.agent_id = "{agents}".id)'
+    )
+
+
+def run_claim_queued(*, run_id, node_id: str, lease_seconds: int) -> tuple[AgentRun | None, str]:
+    """Claim a queued run by its id and read it: (the run, "") or (None, why not).
+
+    What a worker does with a task's run id. On PostgreSQL one statement: run_claim's
+    conditional UPDATE (PENDING -> RUNNING, attempt + 1, this node, a lease) RETURNING the
+    claimed row with its agent, the agent's config rows (``agent.config_rows``) and its
+    organization; a dataset, if any, is read when used. Not claimed: ``"missing"`` or
+    ``"skipped:<status>"`` (it is not PENDING: another worker has it, or it ended).
+    """
+    connection = connections[router.db_for_write(AgentRun)]
+    if connection.vendor != "postgresql":
+        run = AgentRun.objects.select_related("agent", "organization").filter(pk=run_id).first()
+        if run is None:
+            return None, "missing"
+        if run.status != RunStatus.PENDING:
+            return None, f"skipped:{run.status}"
+        if not run_claim(run=run, node_id=node_id, lease_seconds=lease_seconds):
+            run.refresh_from_db()
+            return None, f"skipped:{run.status}"
+        return run, ""
+    now = timezone.now()
+    with connection.cursor() as cursor:
+        cursor.execute(
+            _claim_queued_sql(),
+            (
+                RunStatus.RUNNING,
+                node_id,
+                now,
+                now + timedelta(seconds=lease_seconds),
+                now,
+                run_id,
+                RunStatus.PENDING,
+            ),
+        )
+        row = cursor.fetchone()
+    if row is None:
+        status = AgentRun.objects.filter(pk=run_id).values_list("status", flat=True).first()
+        return None, "missing" if status is None else f"skipped:{status}"
+    sizes = [len(model_columns(m)[1]) for m in (AgentRun, Agent)]
+    run = row_instance(AgentRun, row)
+    agent = row_instance(Agent, row[sizes[0] :])
+    organization = row_instance(Organization, row[sizes[0] + sizes[1] :])
+    config_rows = row[-1]
+    agent.config_rows = (
+        json.loads(config_rows) if isinstance(config_rows, str) else config_rows
+    ) or {}
+    run.agent, run.organization = agent, organization
+    return run, ""
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,8 @@ Publishing never fails the caller: an event that cannot be written is logged and
 counted, because losing an event must not lose the run that caused it.
 
 Live delivery happens once the row is committed: a Redis PUBLISH on EVENTS_CHANNEL when
-REDIS_URL is set (every process's streams hear it), otherwise -- the embedded default,
+REDIS_URL is set (every process's streams hear it), sent by a thread of the process so
+the committing request does not wait for it (_Sender), otherwise -- the embedded default,
 one process -- a call of the in-process listeners (local_listen()).
 
 This module is imported by the services, so it imports none of them. What runs agents
@@ -15,9 +16,12 @@ lists every event type.
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
+import os
 import threading
+import time
 from collections.abc import Callable
 
 from django.conf import settings
@@ -35,6 +39,8 @@ logger = logging.getLogger(__name__)
 _redis = None
 _redis_lock = threading.Lock()
 publish_failures = 0
+# Committed events not broadcast live (the send queue full, or Redis refused the batch).
+broadcast_dropped = 0
 
 # Embedded mode's live subscribers: called with the wire form of each committed event.
 _local_listeners: list[Callable[[dict], None]] = []
@@ -93,20 +99,101 @@ def _broadcast(event: OrchestratorEvent | dict) -> None:
             except Exception:  # a broken subscriber must not break the publisher
                 logger.exception("event %s: local listener failed", wire["id"])
         return
+    _sender.submit(wire)
+
+
+class _Sender:
+    """Sends committed events to Redis from one thread per process.
+
+    The process that committed an event does not wait for Redis: the event is queued and
+    this thread sends it -- with every event queued meanwhile, in one pipeline, in commit
+    order. Live delivery is best effort (the row is the source of truth), so a batch Redis
+    refuses is logged and dropped, and the queue is bounded: while Redis is unreachable the
+    newest events beyond MAX_QUEUED are dropped rather than kept in memory. flush() waits
+    until what was queued has been sent (shutdown, tests); it runs at interpreter exit too.
+    """
+
+    MAX_QUEUED = 10_000
+    MAX_BATCH = 500
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._queued: list[dict] = []
+        self._sending = False
+        self._pid: int | None = None
+        self.dropped = 0
+
+    def submit(self, wire: dict) -> None:
+        with self._cond:
+            if self._pid != os.getpid():
+                # First use in this process (a forked worker child starts afresh).
+                self._queued, self._sending, self._pid = [], False, os.getpid()
+                threading.Thread(target=self._loop, name="event-sender", daemon=True).start()
+            if len(self._queued) >= self.MAX_QUEUED:
+                global broadcast_dropped
+                broadcast_dropped += 1
+                self.dropped += 1
+                if self.dropped % 1000 == 1:
+                    logger.warning("event %s not broadcast: the send queue is full", wire["id"])
+                return
+            self._queued.append(wire)
+            self._cond.notify_all()
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Wait until every queued event has been sent (or dropped); False on timeout."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            if self._pid != os.getpid():
+                return True
+            while self._queued or self._sending:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(left)
+        return True
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queued:
+                    self._cond.wait()
+                batch = self._queued[: self.MAX_BATCH]
+                del self._queued[: self.MAX_BATCH]
+                self._sending = True
+            try:
+                _send(batch)
+            finally:
+                with self._cond:
+                    self._sending = False
+                    self._cond.notify_all()
+
+
+def _send(batch: list[dict]) -> None:
+    """One pipeline: every event's PUBLISH, and a terminal run event's completion signal."""
+    client = _redis_client()
     try:
-        message = json.dumps(wire, default=str)
-        if wire["type"] in TERMINAL_RUN_EVENTS:
-            # One round trip: the live event and the run's completion signal (run_wait).
-            key = run_services.run_done_key(wire["run"])
-            pipe = client.pipeline(transaction=False)
-            pipe.publish(settings.EVENTS_CHANNEL, message)
-            pipe.rpush(key, wire["payload"].get("status") or "")
-            pipe.expire(key, run_services.RUN_DONE_TTL_S)
-            pipe.execute()
-        else:
-            client.publish(settings.EVENTS_CHANNEL, message)
+        pipe = client.pipeline(transaction=False)
+        for wire in batch:
+            pipe.publish(settings.EVENTS_CHANNEL, json.dumps(wire, default=str))
+            if wire["type"] in TERMINAL_RUN_EVENTS:
+                # The run's completion signal (run_wait), in the same round trip.
+                key = run_services.run_done_key(wire["run"])
+                pipe.rpush(key, wire["payload"].get("status") or "")
+                pipe.expire(key, run_services.RUN_DONE_TTL_S)
+        pipe.execute()
     except Exception as exc:  # the row is the source of truth; live delivery is best effort
-        logger.warning("event %s not broadcast: %s", wire["id"], exc)
+        global broadcast_dropped
+        broadcast_dropped += len(batch)
+        logger.warning("%d event(s) not broadcast (first %s): %s", len(batch), batch[0]["id"], exc)
+
+
+_sender = _Sender()
+atexit.register(_sender.flush, 2.0)
+
+
+def broadcast_flush(timeout: float = 5.0) -> bool:
+    """Wait until this process's committed events have been sent to Redis (shutdown)."""
+    return _sender.flush(timeout)
 
 
 def publish(
@@ -172,20 +259,21 @@ def _run_update_sql(run, values: dict, fence: dict, connection) -> tuple[str, li
     """UPDATE agent_runs SET values WHERE id AND fence, as the ORM writes it (its own field
     conversions), without the ORM's query compilation on the hot path."""
     fields = _run_columns()
-    sets, params = [], []
-    for name, value in values.items():
-        field = fields[name]
-        sets.append(f'"{field.column}" = %s')
-        params.append(field.get_db_prep_save(value, connection))
+    set_fields = [fields[name] for name in values]
+    sets = [f'"{field.column}" = %s' for field in set_fields]
+    params = run_services.db_prep_values(set_fields, list(values.values()), connection)
     where = ['"id" = %s']
     params.append(run.pk)
+    fence_fields, fence_values = [], []
     for name, value in fence.items():
         field = fields[name]
         if value is None:
             where.append(f'"{field.column}" IS NULL')
             continue
         where.append(f'"{field.column}" = %s')
-        params.append(field.get_db_prep_save(value, connection))
+        fence_fields.append(field)
+        fence_values.append(value)
+    params.extend(run_services.db_prep_values(fence_fields, fence_values, connection))
     # Column names come from the model, values are parameters.
     sql = f'UPDATE "{AgentRun._meta.db_table}" SET {", ".join(sets)} WHERE {" AND ".join(where)}'  # noqa: S608
     return sql, params

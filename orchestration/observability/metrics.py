@@ -53,8 +53,15 @@ EVENT_PUBLISH_FAILURES = Counter(
     "Events the bus could not record (orchestration.bus.publish_failures).",
 )
 
+EVENT_BROADCASTS_DROPPED = Counter(
+    "acp_event_broadcasts_dropped_total",
+    "Committed events not broadcast live: the send queue was full or Redis refused the batch"
+    " (orchestration.bus.broadcast_dropped; the rows are kept, streams catch up from them).",
+)
+
 _publish_failures_lock = threading.Lock()
 _publish_failures_seen = 0
+_broadcast_dropped_seen = 0
 
 
 def agent_label(*, organization_slug: str, agent_slug: str) -> str:
@@ -64,19 +71,24 @@ def agent_label(*, organization_slug: str, agent_slug: str) -> str:
 
 
 def event_publish_failures_sync() -> None:
-    """Carry the bus's in-process failure count into the counter (only the increase).
+    """Carry the bus's in-process failure counts (events not recorded, events not broadcast)
+    into the counters (only the increase).
 
     The bus counts failures in a plain integer; copying its growth here, from the places
     this process passes through anyway (a run's end, a refusal, a scrape), makes the
     figure summable across processes without the bus knowing about Prometheus. Calling it
     any number of times is harmless.
     """
-    global _publish_failures_seen
+    global _publish_failures_seen, _broadcast_dropped_seen
     with _publish_failures_lock:
         total = bus.publish_failures
         delta, _publish_failures_seen = total - _publish_failures_seen, total
+        dropped = bus.broadcast_dropped
+        delta_dropped, _broadcast_dropped_seen = dropped - _broadcast_dropped_seen, dropped
     if delta > 0:
         EVENT_PUBLISH_FAILURES.inc(delta)
+    if delta_dropped > 0:
+        EVENT_BROADCASTS_DROPPED.inc(delta_dropped)
 
 
 def tool_call_statuses(contexts: Iterable) -> list[str]:

@@ -42,6 +42,10 @@ class RateDecision:
     # True for at most one refusal per key per 10 s: the caller publishes "rate.limited"
     # only then, so an attack cannot flood the event table (the counter counts them all).
     sample_event: bool = False
+    # The agent's circuit, read in the same round trip when rate_limit() was given its
+    # ``circuit_key`` and the circuit admits without a probe (CLOSED, FORCED_CLOSED); None:
+    # not read, or in another state -- the caller asks circuit_acquire().
+    circuit: CircuitPermit | None = None
 
 
 @dataclass(frozen=True)
@@ -52,6 +56,9 @@ class CircuitPermit:
     probe: bool = False  # a HALF_OPEN probe reservation that record() must release
     transition: str | None = None  # e.g. OPEN -> HALF_OPEN happened on this call
     probe_id: str = ""  # which reservation record() releases (probes only)
+    # Read with a rate-limit decision (RateDecision.circuit): the circuit was CLOSED with a
+    # full window of successes, so this call's success changes nothing and is not sent.
+    steady: bool = False
 
 
 @dataclass(frozen=True)
@@ -72,8 +79,19 @@ class PolicyStore(Protocol):
     healthy: bool  # False while the shared store cannot be reached (decisions use the fail mode)
     last_error: str | None
 
-    def rate_limit(self, *, keys: list[tuple[str, str]], limit: RateLimit) -> RateDecision:
+    def rate_limit(
+        self,
+        *,
+        keys: list[tuple[str, str]],
+        limit: RateLimit,
+        circuit_key: str | None = None,
+        circuit: CircuitSettings | None = None,
+    ) -> RateDecision:
         """Admit one request against every key, or none (GCRA, see lua/rate_limit.lua).
+
+        ``circuit_key``: also read that agent's circuit when admitting (``circuit``), for a
+        call about to be made: a store may leave it None, and the caller then acquires.
+        ``circuit``: that circuit's settings (lets the store tell its steady state).
 
         ``keys`` are (scope, key) pairs of one agent: each key ends with ":<agent key>".
         An idle key admits a burst of ``limit.limit``, then one request per interval

@@ -59,7 +59,15 @@ class LocalPolicyStore:
         self._probe_ids = itertools.count(1)
 
     # --- rate limit: GCRA, in the Redis script's integer microseconds ----------------------
-    def rate_limit(self, *, keys: list[tuple[str, str]], limit: RateLimit) -> RateDecision:
+    def rate_limit(
+        self,
+        *,
+        keys: list[tuple[str, str]],
+        limit: RateLimit,
+        circuit_key: str | None = None,
+        circuit: CircuitSettings | None = None,
+    ) -> RateDecision:
+        # ``circuit_key`` is ignored: asking circuit_acquire() here costs no round trip.
         clock = self._clock()
         now = round(clock * _US)
         interval = limit.interval_us

@@ -56,6 +56,7 @@ _US = 1_000_000
 _RATE_CACHE_SIZE = 4096
 _CLOSED = CircuitPermit(True, CircuitState.CLOSED)
 _FORCED_CLOSED = CircuitPermit(True, CircuitState.FORCED_CLOSED)
+_CLOSED_STEADY = CircuitPermit(True, CircuitState.CLOSED, steady=True)
 
 
 def _lua(name: str, *, prelude: bool = True) -> str:
@@ -72,16 +73,22 @@ def _now_arg(now: float | None) -> str:
     return "" if now is None else str(_us(now))
 
 
-_ADMITTED: dict[tuple[int, int], RateDecision] = {}
+_ADMITTED: dict[tuple, RateDecision] = {}
+# rate_limit.lua's circuit code on an admission (with the circuit's key): the permit it means.
+_CIRCUIT_CODES = {0: None, 1: _CLOSED, 2: _FORCED_CLOSED, 3: _CLOSED_STEADY}
 
 
-def _admitted(limit: int, remaining: int) -> RateDecision:
-    """Admissions are immutable and few (one per limit and remaining): build each once."""
-    decision = _ADMITTED.get((limit, remaining))
+def _admitted(limit: int, remaining: int, circuit_code: int = 0) -> RateDecision:
+    """Admissions are immutable and few (one per limit, remaining and circuit code): each
+    is built once. (Keys without a circuit code: remaining alone, code 0.)"""
+    key = (limit, remaining) if not circuit_code else (limit, remaining, circuit_code)
+    decision = _ADMITTED.get(key)
     if decision is None:
         if len(_ADMITTED) >= _RATE_CACHE_SIZE:
             _ADMITTED.clear()
-        decision = _ADMITTED[limit, remaining] = RateDecision(True, limit, remaining)
+        decision = _ADMITTED[key] = RateDecision(
+            True, limit, remaining, circuit=_CIRCUIT_CODES[circuit_code]
+        )
     return decision
 
 
@@ -180,7 +187,13 @@ class RedisPolicyStore:
             )
 
     # --- rate limit ---------------------------------------------------------------------------
-    def _rate_command(self, keys: list[tuple[str, str]], limit: RateLimit) -> tuple:
+    def _rate_command(
+        self,
+        keys: list[tuple[str, str]],
+        limit: RateLimit,
+        circuit_key: str | None = None,
+        window_size: int = 0,
+    ) -> tuple:
         """The whole EVALSHA command of a decision on these keys under this limit.
 
         A decision sits in front of every request: formatting its key names and converting
@@ -188,7 +201,7 @@ class RedisPolicyStore:
         bench/policies.py), so each command is built once. The cache is bounded by clearing
         it whole; it refills in one request per caller.
         """
-        cache_key = (tuple(keys), limit.limit, limit.window_s)
+        cache_key = (tuple(keys), limit.limit, limit.window_s, circuit_key, window_size)
         command = self._rate_cache.get(cache_key)
         if command is None:
             if any("|" in scope for scope, _ in keys):
@@ -196,16 +209,19 @@ class RedisPolicyStore:
             prefix = self.prefix
             # Every key and argument costs on both ends of the wire, so the scopes travel in
             # the sample keys' names (the script reads them only to count a refusal).
+            circuit = [self._circuit_keys(circuit_key)[0]] if circuit_key is not None else []
             command = (
                 "EVALSHA",
                 self._rate.sha,
-                2 * len(keys) + 1,
+                2 * len(keys) + 1 + len(circuit),
                 *[f"{prefix}tat:{key}" for _, key in keys],
                 *[f"{prefix}rs:{key}|{scope}" for scope, key in keys],
                 # One agent per decision: its keys all end with the same agent.
                 f"{prefix}rej:{agent_of(keys[0][1])}",
+                *circuit,
                 str(limit.interval_us),
                 str(limit.limit),
+                *([str(window_size)] if circuit else []),
             )
             if len(self._rate_cache) >= _RATE_CACHE_SIZE:
                 self._rate_cache.clear()
@@ -213,18 +229,44 @@ class RedisPolicyStore:
         return command
 
     def rate_limit(
-        self, *, keys: list[tuple[str, str]], limit: RateLimit, now: float | None = None
+        self,
+        *,
+        keys: list[tuple[str, str]],
+        limit: RateLimit,
+        circuit_key: str | None = None,
+        circuit: CircuitSettings | None = None,
+        now: float | None = None,
     ) -> RateDecision:
-        """``now`` (epoch seconds) is for tests only; production always uses Redis TIME."""
+        """``now`` (epoch seconds) is for tests only; production always uses Redis TIME.
+
+        ``circuit_key``: the script also reads that agent's circuit on an admission (one
+        HMGET), answering ``circuit`` when it admits without a probe. A call admitted that
+        way is made a moment later (after the run's INSERT): exactly as if it had been
+        acquired then and the circuit changed just after, which circuit_record() treats as
+        a call admitted before the change.
+
+        ``circuit``: that circuit's settings, so the script can also tell the steady state
+        (CLOSED, a full window of successes): its permit is ``steady`` and circuit_record()
+        does not send the call's success, which would change nothing -- the success is
+        ordered at the call's admission, where the window was all successes. A failure, a
+        slow call or a timeout is recorded as always.
+        """
         if not keys:
             return _admitted(limit.limit, limit.limit)
-        command = self._rate_cache.get((tuple(keys), limit.limit, limit.window_s))
+        window_size = (
+            circuit.window_size if circuit is not None and circuit.failure_rate_threshold > 0 else 0
+        )
+        command = self._rate_cache.get(
+            (tuple(keys), limit.limit, limit.window_s, circuit_key, window_size)
+        )
         if command is None:
-            command = self._rate_command(keys, limit)
+            command = self._rate_command(keys, limit, circuit_key, window_size)
         if now is not None:
             command = (*command, str(_us(now)))
         result = self._run(self._rate, command)
         if isinstance(result, int):
+            if circuit_key is not None:
+                return _admitted(limit.limit, result >> 2, result & 3)
             return _ADMITTED.get((limit.limit, result)) or _admitted(limit.limit, result)
         if result is None:
             if self.fail_mode == "open":
@@ -291,6 +333,10 @@ class RedisPolicyStore:
     ) -> str | None:
         if permit.state in (CircuitState.UNKNOWN, CircuitState.UNAVAILABLE):
             return None  # admitted blind while Redis was down: nothing to release or count
+        if success and permit.steady:
+            # Admitted with a full window of successes: this success changes nothing (the
+            # script's first exit), ordered at the admission. No round trip.
+            return None
         args = [
             _now_arg(now),
             1 if success else 0,

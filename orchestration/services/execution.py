@@ -20,7 +20,7 @@ from orchestration import bus
 from orchestration.choices import EventType
 from orchestration.observability import metrics
 from orchestration.observability.logging import run_log_bind, run_log_scope
-from orchestration.policies import CircuitState, policy_store
+from orchestration.policies import CircuitPermit, CircuitState, policy_store
 from orchestration.services.config import agent_policy_live
 from orchestration.services.executor import Invocation, handler_invoke
 from orchestration.services.resolution import (
@@ -47,24 +47,52 @@ def _callback_url(run: AgentRun) -> str:
     return f"{settings.PUBLIC_BASE_URL.rstrip('/')}/api/runs/{run.pk}/"
 
 
+def sync_claim() -> dict:
+    """run_create()'s arguments for a run this process executes at once (a sync run): the
+    row is inserted already claimed by this node, so run_execute(claimed=True) skips the
+    claim's UPDATE."""
+    if settings.NODE_AUTOREGISTER:
+        node_runtime.ensure_started()
+    return {
+        "claimed_by": settings.ORCHESTRATOR_NODE_ID,
+        "lease_seconds": settings.RUN_LEASE_SECONDS,
+    }
+
+
 @run_log_scope
-def run_execute(*, run: AgentRun, config: dict | None = None, node_id: str | None = None) -> bool:
-    """Execute a PENDING run to its end. Returns False when another worker holds it."""
+def run_execute(
+    *,
+    run: AgentRun,
+    config: dict | None = None,
+    node_id: str | None = None,
+    claimed: bool = False,
+    circuit_permit: CircuitPermit | None = None,
+) -> bool:
+    """Execute a PENDING run to its end. Returns False when another worker holds it.
+
+    ``claimed``: the run was inserted already claimed by this node (sync_claim()).
+    ``circuit_permit``: the circuit's answer read with the run's rate-limit decision, used
+    for the first attempt instead of asking again.
+    """
     node_id = node_id or settings.ORCHESTRATOR_NODE_ID
     if settings.NODE_AUTOREGISTER:
         # This process runs work, so it is a node: its heartbeat extends the run's lease.
         node_runtime.ensure_started()
-    if not run_services.run_claim(
+    if not claimed and not run_services.run_claim(
         run=run, node_id=node_id, lease_seconds=settings.RUN_LEASE_SECONDS
     ):
         run.refresh_from_db()
         return False
     # This process's heartbeat extends the lease only while the run executes here.
     with node_runtime.executing(run.pk):
-        return _run_execute_claimed(run=run, config=config, node_id=node_id)
+        return _run_execute_claimed(
+            run=run, config=config, node_id=node_id, circuit_permit=circuit_permit
+        )
 
 
-def _run_execute_claimed(*, run: AgentRun, config: dict | None, node_id: str) -> bool:
+def _run_execute_claimed(
+    *, run: AgentRun, config: dict | None, node_id: str, circuit_permit: CircuitPermit | None
+) -> bool:
     agent = run.agent
     run_log_bind(run=run, node_id=node_id)
     if config is None:
@@ -119,6 +147,7 @@ def _run_execute_claimed(*, run: AgentRun, config: dict | None, node_id: str) ->
                 cancel_check_first=run.cancel_requested_at is not None,
                 # A success is fenced on the row instead (finish below): no extra round trip.
                 cancel_check_after_success=False,
+                first_permit=circuit_permit,
             )
         except SoftTimeLimitExceeded:
             # The worker's backstop fired (the per-run deadline should have come first).

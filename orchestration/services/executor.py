@@ -114,6 +114,7 @@ def handler_invoke(
     is_cancelled,
     cancel_check_first: bool = True,
     cancel_check_after_success: bool = True,
+    first_permit: CircuitPermit | None = None,
 ) -> Invocation:
     """Run the attempts of one run. ``make_context(attempt)`` builds each attempt's RunContext.
 
@@ -122,6 +123,8 @@ def handler_invoke(
     later, and is seen after the attempt (and by the handler through ``ctx.cancelled``).
     ``cancel_check_after_success=False`` leaves a success as it is: the caller's finish is
     fenced on the run's row recording no cancellation request instead (run_execute).
+    ``first_permit``: the circuit's answer for the first attempt, read with the rate-limit
+    decision a moment ago (RateDecision.circuit); later attempts acquire their own.
     """
     result = Invocation(status="failed")
     deadline = time.monotonic() + policy.total_timeout_s
@@ -131,9 +134,12 @@ def handler_invoke(
             return result
         # A probe keeps its HALF_OPEN reservation for as long as this attempt may run.
         attempt_budget = min(policy.timeout_s, max(0.0, deadline - time.monotonic()))
-        permit = store.circuit_acquire(
-            agent_key=agent_key, settings=policy.circuit, probe_ttl_s=attempt_budget + 5.0
-        )
+        if attempt == 1 and first_permit is not None:
+            permit = first_permit
+        else:
+            permit = store.circuit_acquire(
+                agent_key=agent_key, settings=policy.circuit, probe_ttl_s=attempt_budget + 5.0
+            )
         if permit.transition:
             result.circuit_transitions.append(permit.transition)
         if not permit.allowed:

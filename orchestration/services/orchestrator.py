@@ -1,9 +1,10 @@
 """orchestrate(): DESIGN.md's run lifecycle, one code path for sync and async runs.
 
 1 resolve the agent -> 2 the caller is already authenticated (organization from the
-credential) -> 3 idempotency -> 4 rate limit -> 5 the PENDING row -> 6 execute now
-(sync) or enqueue on commit (async) -> 7 run_execute(): claim, circuit, handler with
-timeout and retry, record, finish with a fenced UPDATE.
+credential) -> 3 idempotency -> 4 rate limit -> 5 the run's row (PENDING; a sync run's row
+is inserted already claimed by this node, RUNNING) -> 6 execute now (sync) or enqueue on
+commit (async) -> 7 run_execute(): claim (async), circuit, handler with timeout and retry,
+record, finish with a fenced UPDATE.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from orchestration.policies import policy_store
 from orchestration.services.config import agent_policy_live
 from orchestration.services.dispatch import run_enqueue, run_route
 from orchestration.services.envelope import failure_envelope, run_envelope
-from orchestration.services.execution import run_execute
+from orchestration.services.execution import run_execute, sync_claim
 from orchestration.services.resolution import (
     agent_effective_config,
     agent_resolve,
@@ -112,6 +113,9 @@ def orchestrate(command: OrchestrateCommand, principal: Principal) -> Orchestrat
             ("principal", f"rl:{principal.key}:{agent.pk}"),
         ],
         limit=policy.rate_limit,
+        # A sync run calls the agent at once: read its circuit in the same round trip.
+        circuit_key=str(agent.pk) if command.mode == RunMode.SYNC else None,
+        circuit=policy.circuit,
     )
     if not decision.allowed:
         metrics.rate_limit_observe(organization=organization, agent=agent, scope=decision.scope)
@@ -162,12 +166,16 @@ def orchestrate(command: OrchestrateCommand, principal: Principal) -> Orchestrat
         retry_of=command.retry_of,
         request_fingerprint=fingerprint,
     )
+    circuit_permit = decision.circuit
     decision = None
     if command.mode == RunMode.ASYNC:
         # Routed first, so the row is inserted naming its node: one INSERT, then the send.
         decision = run_route(agent)
         if decision.node_bound:
             create["node_id"] = decision.target_node.node_id
+    else:
+        # Executed here and now: the row is inserted already claimed by this node.
+        create.update(sync_claim())
     try:
         if transaction.get_connection().in_atomic_block:
             # Inside the caller's transaction: a savepoint keeps it usable after a conflict.
@@ -194,7 +202,7 @@ def orchestrate(command: OrchestrateCommand, principal: Principal) -> Orchestrat
         status, body = run_envelope(run, agent_name=agent.name, accepted=True)
         return OrchestrateResult(status, body, {}, run)
 
-    run_execute(run=run, config=config)
+    run_execute(run=run, config=config, claimed=True, circuit_permit=circuit_permit)
     status, body = run_envelope(run, agent_name=agent.name)
     headers = {}
     if run.error_code == "CIRCUIT_OPEN":

@@ -38,6 +38,23 @@ class SleepHandler(AgentHandler):
 
 
 @register
+class OwnRowHandler(AgentHandler):
+    """Answers what its own run's row holds while it executes (read on its own connection)."""
+
+    key = "test-own-row"
+
+    def handle(self, request, ctx):
+        row = AgentRun.objects.get(pk=request.run_id)
+        return {
+            "status": row.status,
+            "attempt": row.attempt,
+            "node": row.node_id,
+            "leased": row.lease_expires_at is not None and row.lease_expires_at > row.started_at,
+            "queuedAtStart": row.queued_at == row.started_at,
+        }
+
+
+@register
 class FailHandler(AgentHandler):
     key = "test-fail"
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import socket
 import threading
 
 import pytest
@@ -201,3 +203,81 @@ def test_an_embedded_stream_catches_up_then_hears_live_events(tenant_a, tenant_b
     assert chunks[1].startswith(f"id: {before.pk}\n")
     live = OrchestratorEvent.objects.get(payload__n=1)
     assert chunks[2].startswith(f"id: {live.pk}\nevent: agent.message\n")
+
+
+def _subscribed(settings):
+    import redis
+
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    pubsub = client.pubsub(ignore_subscribe_messages=True)
+    pubsub.subscribe(settings.EVENTS_CHANNEL)
+    pubsub.get_message(timeout=1)  # the subscribe confirmation
+    return client, pubsub
+
+
+def test_committed_events_reach_redis_in_commit_order_without_the_committer_waiting(
+    tenant_a, settings, django_capture_on_commit_callbacks
+):
+    """The committing thread only queues its events; the process's sender thread sends
+    what queued up meanwhile in one pipeline, in order, and flush() waits for it."""
+    client, pubsub = _subscribed(settings)
+    try:
+        with django_capture_on_commit_callbacks(execute=True):
+            events = [
+                bus.publish(EventType.AGENT_MESSAGE, {"n": n}, organization=tenant_a.organization)
+                for n in range(200)
+            ]
+        assert bus.broadcast_flush(5.0)
+        heard = []
+        while len(heard) < len(events):
+            message = pubsub.get_message(timeout=2)
+            assert message is not None, f"heard {len(heard)} of {len(events)}"
+            heard.append(json.loads(message["data"]))
+    finally:
+        pubsub.close()
+        client.close()
+    assert [wire["id"] for wire in heard] == [event.pk for event in events]
+    assert [wire["payload"]["n"] for wire in heard] == list(range(200))
+
+
+def test_an_unreachable_redis_drops_live_delivery_not_the_event(
+    tenant_a, settings, django_capture_on_commit_callbacks, caplog, monkeypatch
+):
+    """Live delivery is best effort: with Redis unreachable the batch is logged and
+    dropped, the rows stay, and nothing waits on it but the sender thread."""
+    import redis
+
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setattr(
+        bus, "_redis", redis.Redis(port=port, socket_timeout=0.2, socket_connect_timeout=0.2)
+    )
+    with django_capture_on_commit_callbacks(execute=True):
+        event = bus.publish(EventType.AGENT_MESSAGE, {"n": 1}, organization=tenant_a.organization)
+    assert bus.broadcast_flush(5.0)
+    assert OrchestratorEvent.objects.filter(pk=event.pk).exists()
+    assert any("not broadcast" in record.getMessage() for record in caplog.records)
+
+
+def test_the_send_queue_is_bounded(monkeypatch):
+    sender = bus._Sender()
+    monkeypatch.setattr(sender, "MAX_QUEUED", 3)
+    gate = threading.Event()
+    sent: list[list[int]] = []
+
+    def slow_send(batch):
+        gate.wait(5)
+        sent.append([wire["id"] for wire in batch])
+
+    monkeypatch.setattr(bus, "_send", slow_send)
+    for n in range(10):
+        sender.submit({"id": n, "type": EventType.AGENT_MESSAGE})
+    gate.set()
+    assert sender.flush(5.0)
+    delivered = [event_id for batch in sent for event_id in batch]
+    # At most one batch in flight (taken from the queue) plus MAX_QUEUED waiting; the rest
+    # are dropped and counted, and what is sent keeps its order.
+    assert 3 <= len(delivered) <= 6
+    assert delivered == sorted(delivered) and delivered[0] == 0
+    assert sender.dropped == 10 - len(delivered)

@@ -155,6 +155,14 @@ class TestScrape:
         monkeypatch.undo()
         assert value(scrape(client), "acp_event_publish_failures_total") - before == 1
 
+    def test_events_not_broadcast_are_counted(self, client, monkeypatch):
+        """A batch Redis refuses is dropped from live delivery, and counted."""
+        before = value(scrape(client), "acp_event_broadcasts_dropped_total")
+        monkeypatch.setattr(bus, "_redis_client", lambda: None)  # no client: the send fails
+        bus._send([{"id": 1, "type": EventType.CONFIG_UPDATED}, {"id": 2, "type": "x"}])
+        monkeypatch.undo()
+        assert value(scrape(client), "acp_event_broadcasts_dropped_total") - before == 2
+
 
 class TestAccess:
     def test_loopback_callers_are_served_by_default(self, client):

@@ -44,6 +44,27 @@ class TestSuccessfulRun:
         assert run.attempt == 1
         assert run.node_id
 
+    @pytest.mark.django_db(transaction=True)
+    def test_the_row_is_inserted_already_claimed_by_this_node(self, tenant_a, make_agent, settings):
+        """No PENDING moment and no claim statement: the process that accepts a sync run
+        executes it, so its row is RUNNING, attempt 1, on this node, with a lease from the
+        INSERT on (what the handler sees of its own run, on its own connection)."""
+        make_agent("Own row", "test-own-row", intents=["look"])
+        body = post(tenant_a, {"intent": "look"}).json()
+        assert body["data"] == {
+            "status": "RUNNING",
+            "attempt": 1,
+            "node": settings.ORCHESTRATOR_NODE_ID,
+            "leased": True,
+            "queuedAtStart": True,
+        }
+        run = AgentRun.objects.get(pk=body["runId"])
+        assert (run.status, run.attempt, run.node_id) == (
+            RunStatus.SUCCESS,
+            1,
+            settings.ORCHESTRATOR_NODE_ID,
+        )
+
     def test_tool_executions_steps_and_metrics_are_recorded_with_timings(
         self, tenant_a, make_agent
     ):

@@ -450,6 +450,99 @@ def test_forcing_overrides_until_released(store):
     assert (snapshot.state, snapshot.consecutive_failures) == (CircuitState.CLOSED, 0)
 
 
+def test_an_admission_reads_the_circuit_as_circuit_acquire_would(store):
+    """rate_limit(circuit_key=) answers the circuit in the same round trip when it admits
+    without a probe (CLOSED, FORCED_CLOSED); in any other state it answers None, and the
+    caller's circuit_acquire() decides (a probe reservation is never taken by a peek)."""
+    cs = circuit_settings(wait_in_open_s=0.2, permitted_probes=1)
+    limit = RateLimit(limit=100, window_s=60)
+    keys = [("organization", "rl:org-1:agent-1"), ("principal", "rl:key-1:agent-1")]
+
+    def admit():
+        decision = store.rate_limit(keys=keys, limit=limit, circuit_key="agent-1")
+        assert decision.allowed
+        return decision
+
+    first = admit()  # no circuit state yet: CLOSED
+    assert first.circuit is not None and first.circuit.state == CircuitState.CLOSED
+    assert first.circuit == store.circuit_acquire(agent_key="agent-1", settings=cs)
+    assert first.remaining == 99 and admit().remaining == 98  # the allowance as without it
+
+    for _ in range(3):
+        permit = store.circuit_acquire(agent_key="agent-1", settings=cs)
+        store.circuit_record(agent_key="agent-1", settings=cs, permit=permit, success=False)
+    assert admit().circuit is None  # OPEN: the caller asks, and is refused
+    assert not store.circuit_acquire(agent_key="agent-1", settings=cs).allowed
+    time.sleep(0.25)
+    assert admit().circuit is None  # OPEN past its wait: the acquire moves it, not the peek
+    probe = store.circuit_acquire(agent_key="agent-1", settings=cs)
+    assert (probe.probe, probe.transition) == (True, CircuitState.HALF_OPEN)
+    assert admit().circuit is None  # HALF_OPEN
+    assert store.circuit_snapshot(agent_key="agent-1").probes_in_flight == 1
+
+    store.circuit_force(agent_key="agent-1", state=CircuitState.CLOSED)
+    assert admit().circuit.state == CircuitState.FORCED_CLOSED
+    store.circuit_force(agent_key="agent-1", state=CircuitState.OPEN)
+    assert admit().circuit is None
+
+    # The limit is the same with or without the circuit's key, on the server's clock: a
+    # burst of 2, then a refusal whose wait is one interval (30 s) after the first admission.
+    tight = RateLimit(limit=2, window_s=60)
+    key_2 = [("principal", "rl:key-2:agent-1")]
+    assert store.rate_limit(keys=key_2, limit=tight).allowed
+    with_circuit = {"circuit_key": "agent-1", "circuit": circuit_settings()}
+    second = store.rate_limit(keys=key_2, limit=tight, **with_circuit)
+    assert (second.allowed, second.remaining) == (True, 0)
+    refused = store.rate_limit(keys=key_2, limit=tight, **with_circuit)
+    assert (refused.allowed, refused.scope, refused.circuit) == (False, "principal", None)
+    assert refused.retry_after_s == pytest.approx(30, abs=0.5)
+
+
+def test_a_success_admitted_in_the_steady_state_is_not_sent_and_changes_nothing(store):
+    """CLOSED with a full window of successes: a success there changes nothing, so a permit
+    read in that state (steady) records it without a round trip; the same success sent
+    anyway would leave the same state. Failures are always recorded."""
+    cs = circuit_settings(window_size=4, minimum_calls=4, failure_threshold=2)
+    limit = RateLimit(limit=1000, window_s=60)
+    keys = [("principal", "rl:key-1:agent-1")]
+
+    def admit():
+        return store.rate_limit(keys=keys, limit=limit, circuit_key="agent-1", circuit=cs).circuit
+
+    def record(permit, success):
+        return store.circuit_record(
+            agent_key="agent-1", settings=cs, permit=permit, success=success
+        )
+
+    for _ in range(3):  # filling the window: not steady yet
+        permit = admit()
+        assert (permit.state, permit.steady) == (CircuitState.CLOSED, False)
+        record(permit, True)
+    record(admit(), True)
+    steady = admit()
+    assert steady.steady
+    before = store.circuit_snapshot(agent_key="agent-1")
+    sent = []
+    run = store._run
+    store._run = lambda script, command: sent.append(command) or run(script, command)
+    try:
+        assert record(steady, True) is None
+    finally:
+        store._run = run
+    assert sent == []  # not sent
+    assert record(admit(), True) is None  # and sent anyway, the same nothing
+    assert store.circuit_snapshot(agent_key="agent-1") == before
+    assert (before.window_calls, before.window_failures) == (4, 0)
+
+    # A failure breaks the steady state; the next admission is not steady.
+    first_failure = admit()
+    assert first_failure.steady
+    assert record(first_failure, False) is None
+    assert store.circuit_snapshot(agent_key="agent-1").consecutive_failures == 1
+    assert not admit().steady
+    assert record(admit(), False) == CircuitState.OPEN
+
+
 # --- Redis unavailable -------------------------------------------------------------------------
 def test_redis_stopped_gives_the_fail_mode_answer_and_work_resumes(spare_redis, caplog):
     caplog.set_level(logging.WARNING, logger="orchestration.policies.redis_store")

@@ -1,15 +1,16 @@
 """The number of SQL statements of one run is pinned: a regression on the hot path fails CI.
 
-Sync run (POST /api/orchestrate), 5 statements, no transaction block: key lookup, intent
+Sync run (POST /api/orchestrate), 4 statements, no transaction block: key lookup, intent
 resolution (1: the agents declaring the intent, each with its config rows aggregated), the
-PENDING insert, the claim, and the finish -- one statement that updates the run (fenced on
-status and attempt) and inserts its metric rows, steps, tool executions and its
-run.succeeded event.
+run's insert (already claimed by this node: RUNNING, attempt 1, its lease -- no claim
+UPDATE), and the finish -- one statement that updates the run (fenced on status and
+attempt) and inserts its metric rows, steps, tool executions and its run.succeeded event.
 
 Async accept, 4, no transaction block either: key lookup, resolution (1), the routing read
 of the nodes, the PENDING insert already naming its node (the task is sent once it is
-committed, i.e. at once). Async execution, 3: the worker's read of the run (with its agent
-and the agent's config rows), the claim, the finish.
+committed, i.e. at once). Async execution, 2: the claim, which returns the claimed run with
+its agent, the agent's config rows and its organization (one UPDATE ... RETURNING), and the
+finish.
 
 Both are measured outside any transaction, as a server runs them (the test database's own
 transaction would add savepoints).
@@ -26,9 +27,9 @@ from tests.orchestration.workers import private_queue
 
 pytestmark = pytest.mark.django_db
 
-SYNC_RUN_QUERIES = 5
+SYNC_RUN_QUERIES = 4
 ASYNC_ACCEPT_QUERIES = 4
-ASYNC_EXECUTE_QUERIES = 3
+ASYNC_EXECUTE_QUERIES = 2
 
 
 @pytest.fixture

@@ -13,11 +13,18 @@
 -- KEYS[n+1..2n]   the sample keys, "...|<scope>": one "rate.limited" event per key per 10 s;
 --                 their names end with the key's scope, the field its refusals count in
 -- KEYS[2n+1]      the agent's rejected-counter hash (a decision is about one agent)
--- ARGV[1] the emission interval T (us, an integer); ARGV[2] limit; ARGV[3] now (us), only
--- from tests driving a fake clock (production reads the server's TIME)
+-- KEYS[2n+2]      optional: the agent's circuit hash (circuit_acquire.lua), read on admission
+-- ARGV[1] the emission interval T (us, an integer); ARGV[2] limit; with the circuit hash,
+-- ARGV[3] the circuit's window size; then now (us), only from tests driving a fake clock
+-- (production reads the server's TIME)
 --
 -- Returns the remaining allowance (an integer: the hot path parses no array) when admitted,
--- else {retry_after_us, refusing key index, sampled}.
+-- else {retry_after_us, refusing key index, sampled}. With the circuit hash, an admission
+-- answers remaining * 4 + the circuit's code: 1 CLOSED, 2 FORCED_CLOSED (admitted without a
+-- probe, exactly as circuit_acquire.lua would answer), 3 CLOSED and steady -- a full window
+-- without a failure, where a success changes nothing (circuit_record.lua's first exit) --,
+-- 0 anything else (the caller asks circuit_acquire.lua). A sync run saves that round trip
+-- on the path every request takes.
 --
 -- This runs in front of every request, and in Redis a script's cost is mostly its commands
 -- and the Lua it interprets (bench/policies.py), so the path of two keys in use is three
@@ -28,7 +35,8 @@
 -- through "%d" (integers below 2^53, exact; far cheaper than the "%.17g" Redis applies to a
 -- bare number). The prelude is not prepended (its helpers would be created on every call):
 -- time is read here the same way, from the server.
-local n = (#KEYS - 1) / 2
+local n = math.floor((#KEYS - 1) / 2)
+local with_circuit = #KEYS > 2 * n + 1
 local interval = tonumber(ARGV[1])
 local burst = interval * tonumber(ARGV[2])
 -- A key must outlive its TAT (an absent key means a full allowance) but is not re-armed on
@@ -36,7 +44,11 @@ local burst = interval * tonumber(ARGV[2])
 -- least B after it, and keeps it until the TAT moves into the next span. (A limit of 0
 -- admits nothing; its spans are one interval long.)
 local span = burst > interval and burst or interval
+-- (Not `with_circuit and ARGV[4] or ARGV[3]`: with no ARGV[4] that yields ARGV[3].)
 local now = tonumber(ARGV[3])
+if with_circuit then
+  now = tonumber(ARGV[4])
+end
 if not now then
   local t = redis.call('TIME')
   now = t[1] * 1000000 + t[2]
@@ -86,4 +98,18 @@ if worst > 0 then
   local sampled = redis.call('SET', KEYS[n + worst], '1', 'PX', 10000, 'NX')
   return {worst_wait, worst, sampled and 1 or 0}
 end
-return math.floor(remaining / interval)
+remaining = math.floor(remaining / interval)
+if with_circuit then
+  local c = redis.call('HMGET', KEYS[#KEYS], 'state', 'forced', 'wf', 'wn')
+  if c[2] == 'CLOSED' then
+    return remaining * 4 + 2
+  elseif not c[2] and (not c[1] or c[1] == 'CLOSED') then
+    local size = tonumber(ARGV[3])
+    if size > 0 and tonumber(c[3]) == 0 and tonumber(c[4]) == size then
+      return remaining * 4 + 3
+    end
+    return remaining * 4 + 1
+  end
+  return remaining * 4
+end
+return remaining
