@@ -436,9 +436,11 @@ def _markdown(report: dict) -> str:
         "(resolution, routing read, the PENDING INSERT, a rate-limit decision in Redis, then "
         "the broker's LPUSH) where plain Celery's is the LPUSH alone "
         f"({b2r['ours']['submit_per_s']['median']:.0f} submissions/s against "
-        f"{b2r['raw_reuse']['submit_per_s']['median']:.0f}), and every execution reads the "
-        "run, claims it, runs the handler under its circuit and writes the outcome, its "
-        "records and its event in one statement, where the baseline stores one result row. "
+        f"{b2r['raw_reuse']['submit_per_s']['median']:.0f}; Celery's own send is about half "
+        "of a submission's CPU), and every execution claims the run and reads it in one "
+        "statement, runs the handler under its circuit (two decisions in Redis) and writes "
+        "the outcome, its records and its event in one statement, where the baseline stores "
+        "one result row. "
         "The submitting process, both worker processes, PostgreSQL and Redis share the "
         "machine's cores, so the rate is bounded by the CPU each run costs all of them "
         "together.",
@@ -472,11 +474,11 @@ def _markdown(report: dict) -> str:
     lines += [
         "",
         "Ours is a chain of blocking steps on the critical path: the submission (3 SQL "
-        "statements, 1 EVALSHA, the LPUSH), the worker's read, claim and config read, two "
-        "circuit decisions, the handler thread, the one-statement finish, "
-        "the pipelined PUBLISH + completion push, the waiter's wake-up and its read of the "
-        "row; the baseline's is the LPUSH, the no-op, the result row and the poll that finds "
-        "it.",
+        "statements, 1 EVALSHA, the LPUSH), the worker's claim (one statement returning the "
+        "run, its agent and config), two circuit decisions, the handler thread, the "
+        "one-statement finish, the hand-over to the event-sender thread and its pipelined "
+        "PUBLISH + completion push, the waiter's wake-up and its read of the row; the "
+        "baseline's is the LPUSH, the no-op, the result row and the poll that finds it.",
         "",
         f"Target: p50 ≤ 0.6× Celery + django-celery-results with 5 ms polling (measured "
         f"{p50 / fast:.2f}×: {'met' if p50 / fast <= 0.6 else 'missed'}).",
