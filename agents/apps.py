@@ -11,7 +11,10 @@ class AgentsConfig(AppConfig):
     def ready(self) -> None:
         from django.conf import settings
 
-        from agents import schema  # noqa: F401  (registers the OpenAPI auth extensions)
+        from agents import (
+            schema,  # noqa: F401  (registers the OpenAPI auth extensions)
+            signals,  # noqa: F401  (definitions_changed on model writes)
+        )
         from agents.handlers import registry
 
         # Handlers register themselves on import; definitions in the database name them.

@@ -15,6 +15,7 @@ from django.utils.text import slugify
 from agents.choices import DEFAULT_API_KEY_SCOPES, AgentStatus, MemberRole, Scope
 from agents.handlers import registry
 from agents.models import Agent, AgentCapability, ApiKey, Organization, OrganizationMember
+from agents.signals import definitions_changed_send
 
 # last_used_at is bookkeeping, not an audit log: write it at most this often per key.
 API_KEY_TOUCH_INTERVAL = timedelta(minutes=1)
@@ -103,9 +104,11 @@ def agent_set_intents(*, agent: Agent, intents: list[str]) -> None:
     wanted = list(dict.fromkeys(intents))
     agent.capabilities.exclude(name__in=wanted).delete()
     existing = set(agent.capabilities.values_list("name", flat=True))
-    AgentCapability.objects.bulk_create(
+    created = AgentCapability.objects.bulk_create(
         [AgentCapability(agent=agent, name=name) for name in wanted if name not in existing]
     )
+    if created:  # bulk_create sends no post_save
+        definitions_changed_send(AgentCapability)
 
 
 @transaction.atomic
@@ -138,11 +141,14 @@ def agent_set_status(*, agents: QuerySet[Agent] | Iterable[Agent], status: str) 
     else:
         agent_ids = [agent.pk for agent in agents]
     # update() skips auto_now, so updated_at is set by hand.
-    return (
+    changed = (
         Agent.objects.filter(pk__in=agent_ids)
         .exclude(status=status)
         .update(status=status, updated_at=timezone.now())
     )
+    if changed:  # update() sends no post_save
+        definitions_changed_send(Agent)
+    return changed
 
 
 @dataclass(frozen=True)

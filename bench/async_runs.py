@@ -433,7 +433,8 @@ def _markdown(report: dict) -> str:
         f"{'met' if ours / default >= 3.5 else 'missed'}).",
         "",
         "What bounds ours: every submission of ours writes the run before it is queued "
-        "(resolution, routing read, the PENDING INSERT, a rate-limit decision in Redis, then "
+        "(resolution from the process's definitions after a GET of their version, the routing "
+        "read, the PENDING INSERT, a rate-limit decision in Redis, then "
         "the broker's LPUSH) where plain Celery's is the LPUSH alone "
         f"({b2r['ours']['submit_per_s']['median']:.0f} submissions/s against "
         f"{b2r['raw_reuse']['submit_per_s']['median']:.0f}; Celery's own send is about half "
@@ -473,8 +474,9 @@ def _markdown(report: dict) -> str:
     fast = b3r["raw_get_5ms"]["p50_ms"]
     lines += [
         "",
-        "Ours is a chain of blocking steps on the critical path: the submission (3 SQL "
-        "statements, 1 EVALSHA, the LPUSH), the worker's claim (one statement returning the "
+        "Ours is a chain of blocking steps on the critical path: the submission (2 SQL "
+        "statements -- the routing read and the INSERT --, the GET of the definitions' "
+        "version, 1 EVALSHA, the LPUSH), the worker's claim (one statement returning the "
         "run, its agent and config), two circuit decisions, the handler thread, the "
         "one-statement finish, the hand-over to the event-sender thread and its pipelined "
         "PUBLISH + completion push, the waiter's wake-up and its read of the row; the "

@@ -224,6 +224,9 @@ PUBLIC_BASE_URL = env_str("PUBLIC_BASE_URL", "http://127.0.0.1:8000")
 RUN_LEASE_SECONDS = env_int("RUN_LEASE_SECONDS", 60)
 # Threads that run handlers so callers can stop waiting at the timeout.
 HANDLER_THREADS = env_int("HANDLER_THREADS", 16)
+# Intent resolution keeps the definitions it read per process while the shared store's
+# definitions version stands, this many seconds at most (0: read them on every request).
+AGENT_RESOLUTION_CACHE_SECONDS = env_int("AGENT_RESOLUTION_CACHE_SECONDS", 10)
 # Modules whose import registers agent handlers (@register).
 AGENT_HANDLER_MODULES = env_list(
     "AGENT_HANDLER_MODULES", ["agents.handlers.http", "agents.reference"]

@@ -79,6 +79,14 @@ class PolicyStore(Protocol):
     healthy: bool  # False while the shared store cannot be reached (decisions use the fail mode)
     last_error: str | None
 
+    def definitions_version(self) -> int | None:
+        """The agent definitions' version: a count every change of a definition moves
+        (definitions_bump). Whoever caches definitions trusts its copy while this is the
+        version it was read at. None while the store cannot be reached (read afresh)."""
+
+    def definitions_bump(self) -> None:
+        """Move the definitions' version (an agent, its intents or config rows changed)."""
+
     def rate_limit(
         self,
         *,

@@ -57,6 +57,15 @@ class LocalPolicyStore:
         self._rejections: dict[str, dict[str, int]] = {}
         self._circuits: dict[str, _Circuit] = {}
         self._probe_ids = itertools.count(1)
+        self._definitions_version = 0
+
+    # --- agent definitions' version: this process's count of changes -----------------------
+    def definitions_version(self) -> int | None:
+        return self._definitions_version
+
+    def definitions_bump(self) -> None:
+        with self._lock:
+            self._definitions_version += 1
 
     # --- rate limit: GCRA, in the Redis script's integer microseconds ----------------------
     def rate_limit(

@@ -161,10 +161,26 @@ class RedisPolicyStore:
             self._failed(exc)
             return None
         if not self.healthy:
-            with self._health_lock:
-                self.healthy, self._skip_until = True, 0.0
-            logger.info("policy store: Redis is reachable again")
+            self._recovered()
         return result
+
+    def _command(self, *command) -> Any:
+        """One plain command; None when Redis is unavailable."""
+        if self._skip_until and time.monotonic() < self._skip_until:
+            return None
+        try:
+            result = self.client.execute_command(*command)
+        except redis.RedisError as exc:
+            self._failed(exc)
+            return None
+        if not self.healthy:
+            self._recovered()
+        return result
+
+    def _recovered(self) -> None:
+        with self._health_lock:
+            self.healthy, self._skip_until = True, 0.0
+        logger.info("policy store: Redis is reachable again")
 
     def _failed(self, exc: redis.RedisError) -> None:
         now = time.monotonic()
@@ -185,6 +201,16 @@ class RedisPolicyStore:
                 self.fail_mode,
                 exc_info=not expected,
             )
+
+    # --- agent definitions' version -----------------------------------------------------------
+    def definitions_version(self) -> int | None:
+        value = self._command("GET", f"{self.prefix}defs")
+        if value is None and not self.healthy:
+            return None
+        return int(value or 0)
+
+    def definitions_bump(self) -> None:
+        self._command("INCR", f"{self.prefix}defs")
 
     # --- rate limit ---------------------------------------------------------------------------
     def _rate_command(

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import functools
 import json
+import time
 import uuid
 
-from django.db import connection
+from django.conf import settings
+from django.db import connection, transaction
 from django.db.models import Q
 
 from agents.choices import AgentStatus
 from agents.handlers import registry
 from agents.models import Agent, AgentCapability, AgentConfig, Dataset
 from orchestration.errors import OrchestrationError
+from orchestration.policies import policy_store
 from runs.sql import model_columns, row_instance
 
 
@@ -38,10 +41,56 @@ def _servers_sql() -> str:
     )
 
 
+# Definitions change rarely and every request reads them, so each process keeps the rows
+# the query below returned, per (organization, intent), and uses them again while the
+# definitions' version in the shared policy store is the one they were read at: one GET
+# instead of the query. Every change of an agent, its intents or its config rows moves the
+# version (agents.signals.definitions_changed -> definitions_invalidate), at once and again
+# once committed, so another process reads afresh on its next request. The version is read
+# before the query, so rows read before a change never pass for rows read after it; rows
+# are kept AGENT_RESOLUTION_CACHE_SECONDS at most, a bound should a version move be lost
+# (Redis unreachable at that moment). Only with a shared (Redis) store: a process-local
+# store cannot hear other processes' changes. Raw rows are kept (the JSON still text), so
+# every request builds its own instances and no run can alter another's.
+_rows_cache: dict[tuple, tuple[int, float, list[tuple]]] = {}
+_ROWS_CACHE_MAX = 10_000
+
+
+def definitions_invalidate(**_) -> None:
+    """agents.signals.definitions_changed: forget this process's rows, move the version."""
+    _rows_cache.clear()
+    store = policy_store()
+    if store.shared:
+        store.definitions_bump()
+        # Again once the change is visible to others: one that read the rows between the
+        # first move and the commit cached them under a version this one retires.
+        transaction.on_commit(store.definitions_bump)
+
+
+def _server_rows(organization_id, intent: str) -> list[tuple]:
+    ttl = settings.AGENT_RESOLUTION_CACHE_SECONDS
+    store = policy_store() if ttl > 0 else None
+    version = store.definitions_version() if store is not None and store.shared else None
+    if version is not None:
+        entry = _rows_cache.get((organization_id, intent))
+        now = time.monotonic()
+        if entry is not None and entry[0] == version and now - entry[1] < ttl:
+            return entry[2]
+    with connection.cursor() as cursor:
+        cursor.execute(_servers_sql(), [organization_id, intent])
+        rows = cursor.fetchall()
+    if version is not None:
+        if len(_rows_cache) >= _ROWS_CACHE_MAX:
+            _rows_cache.clear()
+        _rows_cache[(organization_id, intent)] = (version, now, rows)
+    return rows
+
+
 def _servers(organization, intent: str) -> list[Agent]:
     """Every agent of the organization that declares this intent, any status, with its
-    config rows: one query. On PostgreSQL a raw query (the config rows aggregated into one
-    JSON column) rather than the ORM's join plus prefetch, which cost most of a run's CPU."""
+    config rows: one query, or none (_rows_cache). On PostgreSQL a raw query (the config
+    rows aggregated into one JSON column) rather than the ORM's join plus prefetch, which
+    cost most of a run's CPU."""
     if connection.vendor != "postgresql":
         return [
             capability.agent
@@ -53,9 +102,7 @@ def _servers(organization, intent: str) -> list[Agent]:
         ]
     # The rows become models directly (runs.sql): Agent.objects.raw()
     # costs several times more per call for the same instances.
-    with connection.cursor() as cursor:
-        cursor.execute(_servers_sql(), [organization.pk, intent])
-        rows = cursor.fetchall()
+    rows = _server_rows(organization.pk, intent)
     agents = []
     for row in rows:
         agent = row_instance(Agent, row)
@@ -72,7 +119,9 @@ def agent_resolve(*, organization, intent: str, agent_ref: str | None) -> Agent:
     active = [a for a in servers if a.status == AgentStatus.ACTIVE]
 
     if agent_ref:
-        agent = _agent_by_reference(organization, agent_ref)
+        # The agent named is usually one that serves the intent: no query for it then.
+        named = [a for a in servers if agent_ref in (a.slug, a.name)]
+        agent = named[0] if len(named) == 1 else _agent_by_reference(organization, agent_ref)
         if agent is None:
             raise OrchestrationError(
                 "AGENT_NOT_REGISTERED", f"No agent named {agent_ref!r} is registered."

@@ -1,16 +1,18 @@
 """The number of SQL statements of one run is pinned: a regression on the hot path fails CI.
 
-Sync run (POST /api/orchestrate), 4 statements, no transaction block: key lookup, intent
-resolution (1: the agents declaring the intent, each with its config rows aggregated), the
+Sync run (POST /api/orchestrate), 3 statements, no transaction block: key lookup, the
 run's insert (already claimed by this node: RUNNING, attempt 1, its lease -- no claim
 UPDATE), and the finish -- one statement that updates the run (fenced on status and
 attempt) and inserts its metric rows, steps, tool executions and its run.succeeded event.
+Intent resolution reads the definitions this process read before (their version unchanged
+in Redis); right after a definition changed it reads them again: 1 more statement (the
+agents declaring the intent, each with its config rows aggregated).
 
-Async accept, 4, no transaction block either: key lookup, resolution (1), the routing read
-of the nodes, the PENDING insert already naming its node (the task is sent once it is
-committed, i.e. at once). Async execution, 2: the claim, which returns the claimed run with
-its agent, the agent's config rows and its organization (one UPDATE ... RETURNING), and the
-finish.
+Async accept, 3, no transaction block either: key lookup, the routing read of the nodes,
+the PENDING insert already naming its node (the task is sent once it is committed, i.e. at
+once); 1 more after a definition changed. Async execution, 2: the claim, which returns the
+claimed run with its agent, the agent's config rows and its organization (one UPDATE ...
+RETURNING), and the finish.
 
 Both are measured outside any transaction, as a server runs them (the test database's own
 transaction would add savepoints).
@@ -21,15 +23,17 @@ from __future__ import annotations
 import pytest
 import redis
 
+from agents.models import Agent
 from orchestration.tasks import execute_run
 from runs.models import AgentRun
 from tests.orchestration.workers import private_queue
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("redis_policies")]
 
-SYNC_RUN_QUERIES = 4
-ASYNC_ACCEPT_QUERIES = 4
+SYNC_RUN_QUERIES = 3
+ASYNC_ACCEPT_QUERIES = 3
 ASYNC_EXECUTE_QUERIES = 2
+RESOLUTION_QUERIES = 1  # after a definition changed
 
 
 @pytest.fixture
@@ -42,6 +46,19 @@ def warm(tenant_a, make_agent):
 
 @pytest.mark.django_db(transaction=True)
 def test_one_sync_run(warm, django_assert_num_queries):
+    with django_assert_num_queries(SYNC_RUN_QUERIES):
+        response = warm.client.post("/api/orchestrate", {"intent": "nap"}, format="json")
+    assert response.status_code == 200
+
+
+@pytest.mark.django_db(transaction=True)
+def test_one_sync_run_after_a_definition_changed(warm, django_assert_num_queries):
+    agent = Agent.objects.get(organization=warm.organization, slug="sleeper")
+    agent.description = "edited"
+    agent.save()
+    with django_assert_num_queries(SYNC_RUN_QUERIES + RESOLUTION_QUERIES):
+        response = warm.client.post("/api/orchestrate", {"intent": "nap"}, format="json")
+    assert response.status_code == 200
     with django_assert_num_queries(SYNC_RUN_QUERIES):
         response = warm.client.post("/api/orchestrate", {"intent": "nap"}, format="json")
     assert response.status_code == 200
