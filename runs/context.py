@@ -85,7 +85,7 @@ class RunContext:
         attempt: int = 1,
         dataset=None,
         callback_url: str = "",
-        run_token: str = "",
+        run_token: str | Callable[[], str] = "",
         cancel_probe: Callable[[], bool] | None = None,
         cancel_probe_interval: float = 0.25,
     ) -> None:
@@ -96,7 +96,9 @@ class RunContext:
         self.attempt = attempt
         self.dataset = dataset
         self.callback_url = callback_url
-        self.run_token = run_token
+        # A callable is called once, when a handler first asks (most never do: signing a
+        # token costs a visible share of an in-process run).
+        self._run_token = run_token
         self.metrics: list[MetricRecord] = []
         self.tool_calls: dict[tuple[str, str], ToolCall] = {}
         self.steps: list[StepRecord] = []
@@ -105,6 +107,13 @@ class RunContext:
         self._cancel_probe_interval = cancel_probe_interval
         self._last_probe = 0.0
         self._lock = threading.Lock()
+
+    @property
+    def run_token(self) -> str:
+        """The token with which a remote agent reports on this run (API.md, callbacks)."""
+        if callable(self._run_token):
+            self._run_token = self._run_token()
+        return self._run_token
 
     # --- cancellation ---------------------------------------------------------------
     @property

@@ -17,6 +17,9 @@ from dataclasses import dataclass, field
 from orchestration.policies.base import CircuitPermit, CircuitSnapshot, CircuitState, RateDecision
 from orchestration.policies.settings import CircuitSettings, RateLimit
 
+_CLOSED = CircuitPermit(True, CircuitState.CLOSED)
+_CLOSED_STEADY = CircuitPermit(True, CircuitState.CLOSED, steady=True)
+
 # One "rate.limited" event per key per this many seconds (the Redis store's SET PX NX).
 SAMPLE_PERIOD_S = 10.0
 _US = 1_000_000
@@ -161,7 +164,14 @@ class LocalPolicyStore:
                     transition=transition,
                     probe_id=probe_id,
                 )
-            return CircuitPermit(True, CircuitState.CLOSED)
+            if (
+                settings.failure_rate_threshold > 0
+                and len(c.window) == settings.window_size
+                and not any(c.window)
+            ):
+                # Steady: this call's success would change nothing (see redis_store).
+                return _CLOSED_STEADY
+            return _CLOSED
 
     def circuit_record(
         self, *, agent_key: str, settings: CircuitSettings, permit: CircuitPermit, success: bool
@@ -182,6 +192,8 @@ class LocalPolicyStore:
                 return self._open(c, now, settings)
             if c.state != CircuitState.CLOSED:
                 return None  # an outcome from before the circuit opened
+            if success and permit.steady:
+                return None  # ordered at its admission, where it changed nothing
             c.window.append(not success)
             while len(c.window) > settings.window_size:
                 c.window.popleft()

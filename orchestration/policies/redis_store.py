@@ -59,6 +59,12 @@ _FORCED_CLOSED = CircuitPermit(True, CircuitState.FORCED_CLOSED)
 _CLOSED_STEADY = CircuitPermit(True, CircuitState.CLOSED, steady=True)
 
 
+def _steady_window(settings: CircuitSettings) -> int:
+    """The window size at which a CLOSED circuit is steady (full, no failure), or 0 when
+    the failure rate does not count (circuit_record.lua then records every success)."""
+    return settings.window_size if settings.failure_rate_threshold > 0 else 0
+
+
 def _lua(name: str, *, prelude: bool = True) -> str:
     script = (_LUA_DIR / f"{name}.lua").read_text()
     return (_LUA_DIR / "prelude.lua").read_text() + "\n" + script if prelude else script
@@ -279,9 +285,7 @@ class RedisPolicyStore:
         """
         if not keys:
             return _admitted(limit.limit, limit.limit)
-        window_size = (
-            circuit.window_size if circuit is not None and circuit.failure_rate_threshold > 0 else 0
-        )
+        window_size = _steady_window(circuit) if circuit is not None else 0
         command = self._rate_cache.get(
             (tuple(keys), limit.limit, limit.window_s, circuit_key, window_size)
         )
@@ -328,12 +332,20 @@ class RedisPolicyStore:
         ttl = settings.wait_in_open_s if probe_ttl_s is None else probe_ttl_s
         base = f"{self.prefix}c:{{{agent_key}}}"
         keys = [base, f"{base}:p", f"{base}:seq"]
-        args = [_now_arg(now), _us(settings.wait_in_open_s), settings.permitted_probes, _us(ttl)]
+        args = [
+            _now_arg(now),
+            _us(settings.wait_in_open_s),
+            settings.permitted_probes,
+            _us(ttl),
+            _steady_window(settings),
+        ]
         result = self._call(self._acquire, keys, args)
         if result is None:
             if self.fail_mode == "open":
                 return CircuitPermit(True, CircuitState.UNKNOWN)
             return CircuitPermit(False, CircuitState.UNAVAILABLE, 1.0)
+        if result == 3:
+            return _CLOSED_STEADY
         if result == 1:
             return _CLOSED
         if result == 2:

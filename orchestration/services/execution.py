@@ -8,6 +8,7 @@ orchestration.bus.run_terminal_write).
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Any
 
@@ -111,7 +112,7 @@ def _run_execute_claimed(
             attempt=attempt,
             dataset=run.dataset,
             callback_url=_callback_url(run),
-            run_token=run_token_issue(run_id=run.pk, attempt=run.attempt),
+            run_token=functools.partial(run_token_issue, run_id=run.pk, attempt=run.attempt),
             cancel_probe=lambda: run_services.run_cancel_requested(run.pk),
         )
 

@@ -59,13 +59,22 @@ class ModelCircuit:
         self.consecutive, self.window, self.probes = 0, [], {}
         return CircuitState.CLOSED
 
+    def steady(self) -> bool:
+        """A full window without a failure (counted only when the failure rate counts):
+        a call admitted now is ordered here, so its success changes nothing."""
+        return (
+            self.cs.failure_rate_threshold > 0
+            and len(self.window) == self.cs.window_size
+            and not any(self.window)
+        )
+
     def acquire(self, now: float, ttl: float | None) -> tuple:
-        """(allowed, state, retry_after, probe id or None, transition)"""
+        """(allowed, state, retry_after, probe id or None, transition, steady)"""
         if self.forced:
             allowed = self.forced == CircuitState.CLOSED
             return (allowed, f"FORCED_{self.forced}", 0 if allowed else self.cs.wait_in_open_s)
         if self.state == CircuitState.CLOSED:
-            return (True, CircuitState.CLOSED, 0, None, None)
+            return (True, CircuitState.CLOSED, 0, None, None, self.steady())
         transition = None
         if self.state == CircuitState.OPEN:
             if now < self.opened_at + self.cs.wait_in_open_s:
@@ -78,8 +87,14 @@ class ModelCircuit:
         self.probes[self.next_probe] = now + (self.cs.wait_in_open_s if ttl is None else ttl)
         return (True, CircuitState.HALF_OPEN, 0, self.next_probe, transition)
 
-    def record(self, now: float, probe: int | None, success: bool) -> str | None:
+    def record(
+        self, now: float, probe: int | None, success: bool, steady: bool = False
+    ) -> str | None:
         if self.forced:
+            return None
+        if steady and success:
+            # Admitted steady: the success belongs where it was admitted, in a window of
+            # successes it leaves as it was -- whatever was recorded since.
             return None
         if probe is not None:
             expiry = self.probes.pop(probe, None)
@@ -185,9 +200,11 @@ class CircuitMatchesTheModel(_BothStores):
         allowed, state, retry_after = expected[:3]
         _note(f"acquire {state} {'allowed' if allowed else 'refused'}")
         probe_id, transition = (expected[3], expected[4]) if len(expected) > 3 else (None, None)
+        steady = expected[5] if len(expected) > 5 else False
         want = (allowed, state, retry_after, probe_id is not None, transition)
         assert _permit_tuple(local) == want
         assert _permit_tuple(remote) == want
+        assert local.steady == remote.steady == steady
         if allowed:
             self.held.append((probe_id, local, remote))
 
@@ -213,7 +230,7 @@ class CircuitMatchesTheModel(_BothStores):
 
     def _record(self, index: int, success: bool) -> None:
         probe_id, local, remote = self.held.pop(index)
-        expected = self.model.record(self.now, probe_id, success)
+        expected = self.model.record(self.now, probe_id, success, steady=remote.steady)
         _note(f"record {'probe' if probe_id else 'call'} -> {expected}")
         assert (
             self.local.circuit_record(

@@ -543,6 +543,44 @@ def test_a_success_admitted_in_the_steady_state_is_not_sent_and_changes_nothing(
     assert record(admit(), False) == CircuitState.OPEN
 
 
+@pytest.mark.parametrize("backend", ["redis", "local"])
+def test_circuit_acquire_answers_steady_in_the_same_state(store, backend):
+    """circuit_acquire (an async run's first attempt, every retry) tells the steady state as
+    the rate-limit script does: its success is not sent; a failure is, and ends it."""
+    cs = circuit_settings(window_size=3, minimum_calls=3, failure_threshold=2)
+    subject = store if backend == "redis" else LocalPolicyStore()
+
+    def acquire():
+        return subject.circuit_acquire(agent_key="agent-1", settings=cs)
+
+    def record(permit, success):
+        return subject.circuit_record(
+            agent_key="agent-1", settings=cs, permit=permit, success=success
+        )
+
+    for _ in range(3):
+        permit = acquire()
+        assert not permit.steady
+        record(permit, True)
+    steady, other = acquire(), acquire()
+    assert steady.steady and other.steady
+    # Another call fails after both were admitted; the steady success, ordered at its
+    # admission, does not reset the count of failures in a row ...
+    assert record(other, False) is None
+    assert record(steady, True) is None
+    snapshot = subject.circuit_snapshot(agent_key="agent-1")
+    assert (snapshot.consecutive_failures, snapshot.window_calls, snapshot.window_failures) == (
+        1,
+        3,
+        1,
+    )
+    # ... and no admission is steady while the window holds that failure.
+    assert not acquire().steady
+    # With the failure rate not counted, nothing is steady (every success is recorded).
+    no_rate = circuit_settings(window_size=3, minimum_calls=3, failure_rate_threshold=0)
+    assert not subject.circuit_acquire(agent_key="agent-2", settings=no_rate).steady
+
+
 # --- Redis unavailable -------------------------------------------------------------------------
 def test_redis_stopped_gives_the_fail_mode_answer_and_work_resumes(spare_redis, caplog):
     caplog.set_level(logging.WARNING, logger="orchestration.policies.redis_store")

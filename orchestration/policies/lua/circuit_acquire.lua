@@ -6,12 +6,14 @@
 --   str   c:{agent}:seq  mints probe ids; outlives resets so an old permit never matches
 -- KEYS[1] hash, KEYS[2] probes, KEYS[3] seq
 -- ARGV[1] now (us) or ''; ARGV[2] wait_in_open (us); ARGV[3] permitted probes;
--- ARGV[4] reservation ttl (us)
+-- ARGV[4] reservation ttl (us); ARGV[5] the window size when the failure rate counts, else 0
 --
--- Returns 1 (CLOSED) or 2 (FORCED_CLOSED) when admitted without a probe -- integers, so the
--- path every request takes parses no array -- else {allowed, state, retry_after_us,
--- probe id or '', transition or ''}.
-local h = redis.call('HMGET', KEYS[1], 'state', 'forced', 'opened_at')
+-- Returns 1 (CLOSED), 3 (CLOSED and steady: a full window without a failure, where the
+-- call's success changes nothing -- circuit_record.lua's first exit -- so the caller need
+-- not send it) or 2 (FORCED_CLOSED) when admitted without a probe -- integers, so the path
+-- every request takes parses no array -- else {allowed, state, retry_after_us, probe id or
+-- '', transition or ''}.
+local h = redis.call('HMGET', KEYS[1], 'state', 'forced', 'opened_at', 'wf', 'wn')
 local state, forced = h[1] or 'CLOSED', h[2]
 local wait = tonumber(ARGV[2])
 
@@ -22,6 +24,10 @@ elseif forced == 'CLOSED' then
 end
 -- The hot path: a closed circuit needs neither the clock nor a write.
 if state == 'CLOSED' then
+  local size = tonumber(ARGV[5])
+  if size > 0 and tonumber(h[4]) == 0 and tonumber(h[5]) == size then
+    return 3
+  end
   return 1
 end
 
