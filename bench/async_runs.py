@@ -221,6 +221,48 @@ def _throughput_raw(n: int, queue: str, timeout: float) -> dict:
     }
 
 
+_CPU_GROUPS = ("submitting process", "worker (all its processes)", "PostgreSQL", "Redis")
+
+
+def _cpu_seconds(worker_pgid: int) -> dict[str, float]:
+    """CPU time (user + system) used so far, per process group of the benchmark, read
+    from /proc: this process, the worker's process group, PostgreSQL's and Redis's
+    processes (everything on the machine that serves a run)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    totals = dict.fromkeys(_CPU_GROUPS, 0.0)
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                comm_end = (stat := f.read()).rindex(")")
+        except OSError:
+            continue
+        comm, fields = stat[stat.index("(") + 1 : comm_end], stat[comm_end + 2 :].split()
+        if int(pid) == os.getpid():
+            group = _CPU_GROUPS[0]
+        elif int(fields[2]) == worker_pgid:
+            group = _CPU_GROUPS[1]
+        elif comm.startswith("postgres"):
+            group = _CPU_GROUPS[2]
+        elif comm.startswith("redis-server"):
+            group = _CPU_GROUPS[3]
+        else:
+            continue
+        # utime + stime of each live process (the benchmark's outlive the measurement).
+        totals[group] += (int(fields[11]) + int(fields[12])) / tick
+    return totals
+
+
+def _with_cpu(measure, n: int, worker: Worker) -> dict:
+    """``measure()``'s figures plus the CPU each group spent per run meanwhile (µs)."""
+    before = _cpu_seconds(worker.process.pid)
+    figures = measure()
+    after = _cpu_seconds(worker.process.pid)
+    figures["cpu_us_per_run"] = {g: (after[g] - before[g]) / n * 1e6 for g in _CPU_GROUPS}
+    return figures
+
+
 def b2(args, principal, agent) -> dict:
     variants = {"ours": [], "raw_reuse": [], "raw_default": []}
     timeout = max(120.0, args.runs / 20)
@@ -236,10 +278,16 @@ def b2(args, principal, agent) -> dict:
                 # Warm-up: the worker processes' imports, connections, script cache.
                 if name == "ours":
                     _throughput_ours(20, principal, agent, timeout)
-                    figures = _throughput_ours(args.runs, principal, agent, timeout)
+                    figures = _with_cpu(
+                        lambda: _throughput_ours(args.runs, principal, agent, timeout),
+                        args.runs,
+                        worker,
+                    )
                 else:
                     _throughput_raw(20, queue, timeout)
-                    figures = _throughput_raw(args.runs, queue, timeout)
+                    figures = _with_cpu(
+                        lambda q=queue: _throughput_raw(args.runs, q, timeout), args.runs, worker
+                    )
             finally:
                 worker.stop()
             variants[name].append(figures)
@@ -394,6 +442,36 @@ def _prefect(args) -> dict:
 # --- report -------------------------------------------------------------------------------
 
 
+def _cpu_table(b2r: dict) -> list[str]:
+    names = [n for n in ("ours", "raw_reuse", "raw_default") if "cpu_us_per_run" in b2r[n]]
+    if not names:
+        return ["(not measured in this run)"]
+    labels = {"ours": "ours", "raw_reuse": "Celery, reuse", "raw_default": "Celery, defaults"}
+    lines = [
+        "| CPU per run (µs) | " + " | ".join(labels[n] for n in names) + " |",
+        "| --- |" + " --- |" * len(names),
+    ]
+    groups = list(b2r[names[0]]["cpu_us_per_run"])
+    for group in [*groups, "total"]:
+        cells = []
+        for n in names:
+            cpu = b2r[n]["cpu_us_per_run"]
+            value = (
+                sum(cpu[g]["median"] for g in groups) if group == "total" else cpu[group]["median"]
+            )
+            cells.append(f"{value:,.0f}")
+        label = f"**{group}**" if group == "total" else group
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    cores = os.cpu_count() or 1
+    total = sum(b2r["ours"]["cpu_us_per_run"][g]["median"] for g in groups)
+    lines += [
+        "",
+        f"At {total:,.0f} µs of CPU per run, {cores} cores could complete at most "
+        f"{cores * 1e6 / total:,.0f} of our runs per second with every core busy.",
+    ]
+    return lines
+
+
 def _summary(values: list[float]) -> dict:
     return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
@@ -437,14 +515,17 @@ def _markdown(report: dict) -> str:
         "read, the PENDING INSERT, a rate-limit decision in Redis, then "
         "the broker's LPUSH) where plain Celery's is the LPUSH alone "
         f"({b2r['ours']['submit_per_s']['median']:.0f} submissions/s against "
-        f"{b2r['raw_reuse']['submit_per_s']['median']:.0f}; Celery's own send is about half "
-        "of a submission's CPU), and every execution claims the run and reads it in one "
-        "statement, runs the handler under its circuit (two decisions in Redis) and writes "
-        "the outcome, its records and its event in one statement, where the baseline stores "
-        "one result row. "
+        f"{b2r['raw_reuse']['submit_per_s']['median']:.0f}), and every execution claims "
+        "the run and reads it in one statement, runs the handler under its circuit (one "
+        "decision in Redis; a success in the steady state is not sent) and writes the "
+        "outcome, its records and its event in one statement, where the baseline stores one "
+        "result row. "
         "The submitting process, both worker processes, PostgreSQL and Redis share the "
         "machine's cores, so the rate is bounded by the CPU each run costs all of them "
-        "together.",
+        "together, measured here (µs of CPU per run, median over the repetitions, from "
+        "/proc while each variant ran):",
+        "",
+        *_cpu_table(b2r),
         "",
         "## B3 — async latency: submission to the caller holding the terminal state",
         "",
@@ -477,7 +558,7 @@ def _markdown(report: dict) -> str:
         "Ours is a chain of blocking steps on the critical path: the submission (2 SQL "
         "statements -- the routing read and the INSERT --, the GET of the definitions' "
         "version, 1 EVALSHA, the LPUSH), the worker's claim (one statement returning the "
-        "run, its agent and config), two circuit decisions, the handler thread, the "
+        "run, its agent and config), the circuit decision, the handler thread, the "
         "one-statement finish, the hand-over to the event-sender thread and its pipelined "
         "PUBLISH + completion push, the waiter's wake-up and its read of the row; the "
         "baseline's is the LPUSH, the no-op, the result row and the poll that finds it.",
@@ -530,7 +611,14 @@ def main(argv: list[str] | None = None) -> int:
     else:
         raw = b2(args, principal, agent)
         report["b2"] = {
-            name: {key: _summary([rep[key] for rep in reps]) for key in reps[0]}
+            name: {
+                key: (
+                    {g: _summary([rep[key][g] for rep in reps]) for g in reps[0][key]}
+                    if isinstance(reps[0][key], dict)
+                    else _summary([rep[key] for rep in reps])
+                )
+                for key in reps[0]
+            }
             for name, reps in raw.items()
         }
     report["b3"] = previous.get("b3") if args.skip_b3 else b3(args, principal)
