@@ -328,13 +328,17 @@ def b3(args, principal) -> dict:
         _raw_worker(args.db, args.redis, raw_queue, reuse=True).start(),
     ]
     samples: dict[str, list[float]] = {"ours": [], "raw_get_5ms": [], "raw_get_default": []}
+    # Wall-clock instants of each measured run of ours: (run id, submitted, accepted, held).
+    instants: list[tuple] = []
 
     def ours() -> float:
-        start = time.perf_counter()
+        start, wall = time.perf_counter(), time.time()
         result = orchestrate(command, principal)
+        accepted = time.time()
         run = run_services.run_wait(result.run.pk, timeout=30)
         elapsed = time.perf_counter() - start
         assert run.status == "SUCCESS", run.status
+        instants.append((run.pk, wall, accepted, wall + elapsed))
         return elapsed
 
     def raw(interval: float | None) -> float:
@@ -350,6 +354,7 @@ def b3(args, principal) -> dict:
         for _ in range(20):  # warm-up
             ours()
             raw(0.005)
+        instants.clear()
         for i in range(args.latency_runs):
             samples["ours"].append(ours())
             samples["raw_get_5ms"].append(raw(0.005))
@@ -359,8 +364,43 @@ def b3(args, principal) -> dict:
         for worker in workers:
             worker.stop()
     report = {name: _latency_summary(values) for name, values in samples.items() if values}
+    report["ours"]["breakdown_ms"] = _breakdown(instants)
     report["prefect"] = _prefect(args)
     return report
+
+
+def _breakdown(instants: list[tuple]) -> dict:
+    """Where a run of ours spends its latency, from the instants the caller saw and those
+    the run's row records (every process reads the same machine clock): the submission
+    (orchestrate() until it returns), the way to the worker (the send, the broker, the
+    worker's hand-over to a pool process, until the claim's started_at, taken just before
+    the claim statement), the execution (the claim statement, the circuit, the handler,
+    until completed_at, taken just before the finish statement) and the way back (the
+    finish statement and its commit, the completion signal, the waiter's wake-up and its
+    read of the row). Medians (ms) of each segment."""
+    from runs.models import AgentRun
+
+    rows = dict(
+        (pk, (started.timestamp(), completed.timestamp()))
+        for pk, started, completed in AgentRun.objects.filter(
+            pk__in=[i[0] for i in instants]
+        ).values_list("pk", "started_at", "completed_at")
+    )
+    segments: dict[str, list[float]] = {
+        "submission": [],
+        "to the worker": [],
+        "execution": [],
+        "back to the caller": [],
+    }
+    for pk, submitted, accepted, held in instants:
+        started, completed = rows[pk]
+        for name, (a, b) in zip(
+            segments,
+            ((submitted, accepted), (accepted, started), (started, completed), (completed, held)),
+            strict=True,
+        ):
+            segments[name].append((b - a) * 1000)
+    return {name: statistics.median(values) for name, values in segments.items() if values}
 
 
 # --- Prefect, in its own virtualenv ---------------------------------------------------------
@@ -553,6 +593,18 @@ def _markdown(report: dict) -> str:
         )
     p50 = b3r["ours"]["p50_ms"]
     fast = b3r["raw_get_5ms"]["p50_ms"]
+    breakdown = b3r["ours"].get("breakdown_ms")
+    if breakdown:
+        lines += [
+            "",
+            "Where our p50 goes (medians per segment, ms, from the instants the caller saw "
+            "and those the run's row records; the segments' medians need not add up to the "
+            "p50 exactly):",
+            "",
+            "| " + " | ".join(breakdown) + " |",
+            "|" + " --- |" * len(breakdown),
+            "| " + " | ".join(f"{v:.2f}" for v in breakdown.values()) + " |",
+        ]
     lines += [
         "",
         "Ours is a chain of blocking steps on the critical path: the submission (2 SQL "
