@@ -12,6 +12,7 @@ measured yet. `make bench` runs the benchmarks, then this.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import sys
@@ -117,8 +118,126 @@ def header(db_url: str, redis_url: str) -> str:
     )
 
 
+def _load(results: Path, name: str) -> dict | None:
+    path = results / f"{name}.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+X = "\u00d7"  # the multiplication sign of the report's ratios
+
+
+def _verdict(met: bool) -> str:
+    return "met" if met else "**missed**"
+
+
+def targets(results: Path) -> str:
+    """The issue's targets against the figures in bench/results, one row each."""
+    rows: list[tuple[str, str, str, str]] = []  # (benchmark, target, measured, verdict)
+    b1 = _load(results, "hotpath")
+    if b1 and "ours" in b1:
+        ratio, rate = b1["ratio_time_ours_vs_bare_orm"], b1["ours"]["runs_per_s"]["median"]
+        bare = b1["bare_orm"]["runs_per_s"]["median"]
+        rows += [
+            (
+                "B1",
+                f"time per run ≤ 1.25{X} the bare ORM",
+                f"{ratio:.2f}{X}",
+                _verdict(ratio <= 1.25),
+            ),
+            (
+                "B1",
+                "≥ 400 runs/s in one process",
+                f"{rate:.0f} runs/s (the bare ORM: {bare:.0f})",
+                _verdict(rate >= 400),
+            ),
+        ]
+    runs = _load(results, "async_runs")
+    if runs and runs.get("b2"):
+        b2 = runs["b2"]
+        ours = b2["ours"]["runs_per_s"]["median"]
+        for name, label, goal in (
+            ("raw_reuse", "Celery + django-celery-results, connection reuse", 1.05),
+            ("raw_default", "Celery + django-celery-results, defaults", 3.5),
+        ):
+            ratio = ours / b2[name]["runs_per_s"]["median"]
+            rows.append(("B2", f"≥ {goal}{X} {label}", f"{ratio:.2f}{X}", _verdict(ratio >= goal)))
+    if runs and runs.get("b3"):
+        b3 = runs["b3"]
+        ratio = b3["ours"]["p50_ms"] / b3["raw_get_5ms"]["p50_ms"]
+        rows.append(
+            (
+                "B3",
+                f"p50 ≤ 0.6{X} Celery + django-celery-results with 5 ms polling",
+                f"{ratio:.2f}{X} ({b3['ours']['p50_ms']:.1f} ms against "
+                f"{b3['raw_get_5ms']['p50_ms']:.1f} ms)",
+                _verdict(ratio <= 0.6),
+            )
+        )
+        prefect = b3.get("prefect") or {}
+        if "p50_ms" in prefect:
+            faster = prefect["p50_ms"] / b3["ours"]["p50_ms"]
+            rows.append(
+                (
+                    "B3",
+                    f"≥ 20{X} faster than Prefect's flow run",
+                    f"{faster:.0f}{X}",
+                    _verdict(faster >= 20),
+                )
+            )
+    http = _load(results, "http_api")
+    if http and http.get("targets"):
+        for endpoint, t in http["targets"].items():
+            rows += [
+                (
+                    "B4",
+                    f"{endpoint} p95 ≤ 50 ms at 1M runs",
+                    f"{t['p95_ms_at_largest']:.1f} ms",
+                    _verdict(t["p95_met"]),
+                ),
+                (
+                    "B4",
+                    f"{endpoint} p95 at 1M ≤ 1.5{X} at 10k",
+                    f"{t['ratio']:.2f}{X}",
+                    _verdict(t["ratio_met"]),
+                ),
+            ]
+    policies = _load(results, "policies")
+    if policies and policies.get("results"):
+        goal = policies.get("goal_ratio", 1.5)
+        for name in policies.get("decisions", []):
+            ratio = policies["results"][name]["ratio_p50_vs_ping"]
+            rows.append(
+                (
+                    "B5",
+                    f"{name} ≤ {goal}{X} a PING (p50)",
+                    f"{ratio:.2f}{X}",
+                    _verdict(ratio <= goal),
+                )
+            )
+    if not rows:
+        return ""
+    lines = [
+        "## Targets at a glance",
+        "",
+        "From the figures of the sections below (bench/results); each section says what was "
+        "measured, how, and what bounds a missed target.",
+        "",
+        "| benchmark | target | measured | |",
+        "| --- | --- | --- | --- |",
+        *[f"| {b} | {t} | {m} | {v} |" for b, t, m, v in rows],
+        "",
+    ]
+    return "\n".join(lines)
+
+
 def assemble(results: Path, db_url: str, redis_url: str) -> str:
     parts = [header(db_url, redis_url)]
+    summary = targets(results)
+    if summary:
+        parts.append(summary)
     used: set[str] = set()
     for heading, filename, module in SECTIONS:
         path = results / filename
