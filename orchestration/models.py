@@ -45,8 +45,14 @@ class OrchestratorEvent(models.Model):
 
     id = models.BigAutoField(primary_key=True)
     type = models.CharField(max_length=64, choices=EventType.choices)
+    # Indexed by event_org_id_idx (organization, id), which serves its lookups too.
     organization = models.ForeignKey(
-        Organization, on_delete=models.CASCADE, null=True, blank=True, related_name="events"
+        Organization,
+        on_delete=models.CASCADE,
+        null=True,
+        blank=True,
+        related_name="events",
+        db_index=False,
     )
     agent = models.ForeignKey(
         Agent, on_delete=models.SET_NULL, null=True, blank=True, related_name="events"

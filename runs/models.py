@@ -29,11 +29,23 @@ class InvalidRunTransition(Exception):
 class AgentRun(BaseModel):
     """One orchestrated request and everything known about its outcome."""
 
-    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="runs")
+    # Every index of this table is written by each run's insert and by its claim and finish
+    # (they change indexed columns, so no update is HOT): no foreign key gets an index of
+    # its own. The organization's and the agent's lead composite indexes below, which
+    # serve their lookups (and a cascade) as well; the optional references have partial
+    # indexes holding only the runs that have one (most runs have none).
+    organization = models.ForeignKey(
+        Organization, on_delete=models.CASCADE, related_name="runs", db_index=False
+    )
     # PROTECT: deleting a definition must not erase the record of what it did.
-    agent = models.ForeignKey(Agent, on_delete=models.PROTECT, related_name="runs")
+    agent = models.ForeignKey(Agent, on_delete=models.PROTECT, related_name="runs", db_index=False)
     dataset = models.ForeignKey(
-        Dataset, on_delete=models.SET_NULL, null=True, blank=True, related_name="runs"
+        Dataset,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="runs",
+        db_index=False,
     )
     user = models.ForeignKey(
         settings.AUTH_USER_MODEL,
@@ -41,9 +53,15 @@ class AgentRun(BaseModel):
         null=True,
         blank=True,
         related_name="agent_runs",
+        db_index=False,
     )
     retry_of = models.ForeignKey(
-        "self", on_delete=models.SET_NULL, null=True, blank=True, related_name="retries"
+        "self",
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="retries",
+        db_index=False,
     )
     status = models.CharField(max_length=16, choices=RunStatus.choices, default=RunStatus.PENDING)
     intent = models.CharField(max_length=120)
@@ -79,6 +97,21 @@ class AgentRun(BaseModel):
             ),
         ]
         indexes = [
+            # The optional references, for their lookups and ON DELETE SET NULL: partial,
+            # so a run without one (most) writes nothing to them.
+            models.Index(
+                fields=["dataset"],
+                condition=models.Q(dataset__isnull=False),
+                name="run_dataset_idx",
+            ),
+            models.Index(
+                fields=["user"], condition=models.Q(user__isnull=False), name="run_user_idx"
+            ),
+            models.Index(
+                fields=["retry_of"],
+                condition=models.Q(retry_of__isnull=False),
+                name="run_retry_of_idx",
+            ),
             # An agent's run history and its per-agent latency figures.
             models.Index(fields=["agent", "started_at"], name="run_agent_started_idx"),
             # Status-filtered run lists and dashboards of one organization.
