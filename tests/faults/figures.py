@@ -19,7 +19,16 @@ from pathlib import Path
 from tests.faults import scale
 
 ROOT = Path(__file__).resolve().parents[2]
-ARTIFACTS = Path(os.environ.get("FAULTS_ARTIFACTS", ROOT / "artifacts" / "faults"))
+# The full-size figures, which docs/RELIABILITY.md is written from (tests.faults.report).
+FULL_ARTIFACTS = ROOT / "artifacts" / "faults"
+# Where this session writes: a shortened run (any pytest run but `make faults`) keeps its
+# figures apart, so it never replaces a full-size figure in the report.
+ARTIFACTS = Path(
+    os.environ.get(
+        "FAULTS_ARTIFACTS",
+        FULL_ARTIFACTS if scale.is_full() else ROOT / "artifacts" / "faults-ci",
+    )
+)
 
 
 def _command() -> str:

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 from pathlib import Path
 
-from tests.faults.figures import ARTIFACTS, ROOT
+from tests.faults.figures import FULL_ARTIFACTS, ROOT
 
 DOC = ROOT / "docs" / "RELIABILITY.md"
 
@@ -132,7 +133,11 @@ def rewrite(text: str, results: dict[str, dict]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--doc", type=Path, default=DOC)
-    parser.add_argument("--artifacts", type=Path, default=ARTIFACTS)
+    parser.add_argument(
+        "--artifacts",
+        type=Path,
+        default=Path(os.environ.get("FAULTS_ARTIFACTS", FULL_ARTIFACTS)),
+    )
     args = parser.parse_args(argv)
     results = load(args.artifacts)
     args.doc.write_text(rewrite(args.doc.read_text(), results))
