@@ -209,14 +209,28 @@ class RedisPolicyStore:
             )
 
     # --- agent definitions' version -----------------------------------------------------------
+    # The counter starts from the server's clock (µs), not from 0: a Redis that lost its
+    # data (restarted without persistence) must not hand out again a version a process
+    # still holds rows under. INCR then moves it by one per change.
     def definitions_version(self) -> int | None:
-        value = self._command("GET", f"{self.prefix}defs")
-        if value is None and not self.healthy:
-            return None
-        return int(value or 0)
+        key = f"{self.prefix}defs"
+        value = self._command("GET", key)
+        if value is None:
+            if not self.healthy:
+                return None
+            self._definitions_start(key, "NX")  # NX: whoever starts it first wins
+            value = self._command("GET", key)
+        return int(value) if value is not None else None
 
     def definitions_bump(self) -> None:
-        self._command("INCR", f"{self.prefix}defs")
+        key = f"{self.prefix}defs"
+        if self._command("INCR", key) == 1:  # the key was gone: start it from the clock
+            self._definitions_start(key)
+
+    def _definitions_start(self, key: str, *options: str) -> None:
+        now = self._command("TIME")
+        if now is not None:
+            self._command("SET", key, int(now[0]) * _US + int(now[1]), *options)
 
     # --- rate limit ---------------------------------------------------------------------------
     def _rate_command(

@@ -581,6 +581,23 @@ def test_circuit_acquire_answers_steady_in_the_same_state(store, backend):
     assert not subject.circuit_acquire(agent_key="agent-2", settings=no_rate).steady
 
 
+def test_the_definitions_version_never_comes_back_after_redis_lost_it(store):
+    """Processes keep rows under the version they read; a Redis restarted without its data
+    must not hand that version out again (it would pass stale rows for fresh ones)."""
+    key = f"{store.prefix}defs"
+    first = store.definitions_version()
+    assert first > 10**15  # started from the server's clock, in µs
+    assert store.definitions_version() == first
+    store.definitions_bump()
+    assert store.definitions_version() == first + 1
+    store.client.delete(key)  # the restart: reading starts it again, later
+    restarted = store.definitions_version()
+    assert restarted > first + 1
+    store.client.delete(key)  # and a change first: the bump starts it again, later
+    store.definitions_bump()
+    assert store.definitions_version() > restarted
+
+
 # --- Redis unavailable -------------------------------------------------------------------------
 def test_redis_stopped_gives_the_fail_mode_answer_and_work_resumes(spare_redis, caplog):
     caplog.set_level(logging.WARNING, logger="orchestration.policies.redis_store")
