@@ -22,7 +22,7 @@ from agents.models import Agent, AgentConfig, Organization
 from runs.choices import ACTIVE_RUN_STATES, RunStatus
 from runs.models import AgentRun
 from runs.recorder import RunRecords, recording_flush
-from runs.sql import model_columns, row_instance
+from runs.sql import fetch_instances, json_object, model_columns, row_instance
 
 CANCEL_FLAG_TTL = 24 * 3600
 
@@ -324,10 +324,7 @@ def run_claim_queued(*, run_id, node_id: str, lease_seconds: int) -> tuple[Agent
     run = row_instance(AgentRun, row)
     agent = row_instance(Agent, row[sizes[0] :])
     organization = row_instance(Organization, row[sizes[0] + sizes[1] :])
-    config_rows = row[-1]
-    agent.config_rows = (
-        json.loads(config_rows) if isinstance(config_rows, str) else config_rows
-    ) or {}
+    agent.config_rows = json_object(row[-1])
     run.agent, run.organization = agent, organization
     return run, ""
 
@@ -510,13 +507,10 @@ def _run_read(run_id) -> AgentRun | None:
     Model.from_db (runs.sql): the ORM's compilation of .filter(pk=).first() costs a waiter
     more than the query, on a machine whose cores the run's own worker needs meanwhile."""
     pk = run_id if isinstance(run_id, uuid.UUID) else uuid.UUID(str(run_id))
-    connection = connections[router.db_for_read(AgentRun)]
-    if connection.vendor != "postgresql":
+    if connections[router.db_for_read(AgentRun)].vendor != "postgresql":
         return AgentRun.objects.filter(pk=pk).first()
-    with connection.cursor() as cursor:
-        cursor.execute(_run_by_pk_sql(), [pk])
-        row = cursor.fetchone()
-    return row_instance(AgentRun, row) if row is not None else None
+    runs = fetch_instances(AgentRun, _run_by_pk_sql(), [pk])
+    return runs[0] if runs else None
 
 
 def run_wait(run_id, timeout: float) -> AgentRun | None:

@@ -10,6 +10,7 @@ fields' own conversions of database values (JSON).
 from __future__ import annotations
 
 import functools
+import json
 from collections.abc import Sequence
 
 from django.db import connection
@@ -40,3 +41,9 @@ def fetch_instances(model, sql: str, params: Sequence) -> list:
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         return [row_instance(model, row) for row in cursor.fetchall()]
+
+
+def json_object(value) -> dict:
+    """A JSON column of a hand-written query (text, as Django has psycopg load jsonb) as a
+    dict; SQL NULL (an aggregate over no rows) as an empty one."""
+    return (json.loads(value) if isinstance(value, str) else value) or {}

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import json
 import time
 import uuid
 
@@ -16,7 +15,7 @@ from agents.handlers import registry
 from agents.models import Agent, AgentCapability, AgentConfig, Dataset
 from orchestration.errors import OrchestrationError
 from orchestration.policies import policy_store
-from runs.sql import model_columns, row_instance
+from runs.sql import json_object, model_columns, row_instance
 
 
 def _agent_by_reference(organization, reference: str) -> Agent | None:
@@ -106,10 +105,7 @@ def _servers(organization, intent: str) -> list[Agent]:
     agents = []
     for row in rows:
         agent = row_instance(Agent, row)
-        config_rows = row[-1]
-        agent.config_rows = (
-            json.loads(config_rows) if isinstance(config_rows, str) else config_rows
-        ) or {}
+        agent.config_rows = json_object(row[-1])
         agents.append(agent)
     return agents
 
