@@ -22,7 +22,7 @@ from agents.models import Agent, AgentConfig, Organization
 from runs.choices import ACTIVE_RUN_STATES, RunStatus
 from runs.models import AgentRun
 from runs.recorder import RunRecords, recording_flush
-from runs.sql import fetch_instances, json_object, model_columns, row_instance
+from runs.sql import fetch_instances, json_object, model_columns, prepared_cursor, row_instance
 
 CANCEL_FLAG_TTL = 24 * 3600
 
@@ -136,7 +136,7 @@ def run_create(
     # The hot path: the INSERT the ORM would write (its own field conversions), without
     # compiling it on every run. No signal listens to AgentRun saves.
     fields = _run_fields()
-    with connection.cursor() as cursor:
+    with prepared_cursor(connection) as cursor:
         cursor.execute(
             _insert_sql(),
             db_prep_values(fields, [getattr(run, f.attname) for f in fields], connection),
@@ -232,7 +232,7 @@ def run_claim(*, run: AgentRun, node_id: str, lease_seconds: int) -> bool:
     connection = connections[router.db_for_write(AgentRun)]
     if connection.vendor == "postgresql":
         # The hot path: the statement as the ORM would write it, without compiling it.
-        with connection.cursor() as cursor:
+        with prepared_cursor(connection) as cursor:
             cursor.execute(
                 _CLAIM_SQL,
                 (
@@ -303,7 +303,7 @@ def run_claim_queued(*, run_id, node_id: str, lease_seconds: int) -> tuple[Agent
             return None, f"skipped:{run.status}"
         return run, ""
     now = timezone.now()
-    with connection.cursor() as cursor:
+    with prepared_cursor(connection) as cursor:
         cursor.execute(
             _claim_queued_sql(),
             (

@@ -5,6 +5,10 @@ anew on every call too; on the hot path that work costs more CPU than the query 
 query whose SQL is built once (from the model's own table and column names) is executed here
 and its rows become instances with Model.from_db -- what a queryset does per row -- with the
 fields' own conversions of database values (JSON).
+
+These statements run on a server-side binding cursor (prepared_cursor), so PostgreSQL plans
+each of them once per connection instead of on every run: planning cost more server time
+than executing them (DATABASE_PREPARE_THRESHOLD, docs/CONFIGURATION.md).
 """
 
 from __future__ import annotations
@@ -14,6 +18,31 @@ import json
 from collections.abc import Sequence
 
 from django.db import connection
+
+try:
+    from django.db.backends.postgresql.base import ServerBindingCursor
+except ImportError:  # no psycopg 3 (an embedded-only installation)
+    ServerBindingCursor = None
+
+
+def prepared_cursor(conn=None):
+    """A cursor of ``conn`` (the default connection) whose statements the server prepares.
+
+    Django's PostgreSQL cursors bind parameters on the client, which never prepares a
+    statement; a server-side binding cursor on the same connection has psycopg prepare a
+    statement once it ran ``prepare_threshold`` times (settings DATABASE_PREPARE_THRESHOLD),
+    so a statement every run executes is planned once per connection. The cursor is Django's
+    wrapper around it, like connection.cursor()'s: its statements are logged, counted
+    (assertNumQueries) and pass the connection's execute wrappers. Prepared statements off
+    (the threshold unset), or not PostgreSQL: connection.cursor().
+    """
+    conn = conn if conn is not None else connection
+    if conn.vendor != "postgresql" or ServerBindingCursor is None:
+        return conn.cursor()
+    conn.ensure_connection()
+    if getattr(conn.connection, "prepare_threshold", None) is None:
+        return conn.cursor()
+    return conn._prepare_cursor(ServerBindingCursor(conn.connection))
 
 
 @functools.cache
@@ -38,7 +67,7 @@ def row_instance(model, row: Sequence):
 
 def fetch_instances(model, sql: str, params: Sequence) -> list:
     """Execute ``sql`` (selecting model_columns() first) and return the instances."""
-    with connection.cursor() as cursor:
+    with prepared_cursor() as cursor:
         cursor.execute(sql, params)
         return [row_instance(model, row) for row in cursor.fetchall()]
 

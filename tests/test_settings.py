@@ -111,3 +111,20 @@ def test_policy_and_event_settings_follow_the_redis_url(tmp_path):
     result = _run(env, "shell", "--no-imports", "-c", code)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["blue", "closed", "''"]
+
+
+def test_prepare_threshold_follows_its_setting_on_postgresql_only(tmp_path):
+    code = (
+        "from django.conf import settings;"
+        "print(repr(settings.DATABASES['default'].get('OPTIONS', {}).get('prepare_threshold')))"
+    )
+    postgres = {"VAR_DIR": str(tmp_path), "DATABASE_URL": "postgres://u@127.0.0.1:5432/x"}
+    for env, expected in (
+        (postgres, "5"),
+        (postgres | {"DATABASE_PREPARE_THRESHOLD": "0"}, "0"),
+        (postgres | {"DATABASE_PREPARE_THRESHOLD": "-1"}, "None"),
+        ({"VAR_DIR": str(tmp_path)}, "None"),  # embedded SQLite
+    ):
+        result = _run(env, "shell", "--no-imports", "-c", code)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.strip() == expected, env

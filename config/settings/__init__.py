@@ -124,6 +124,14 @@ if DATABASE_POOL_MAX_SIZE > 0 and not EMBEDDED_DATABASE:
         "max_size": DATABASE_POOL_MAX_SIZE,
         "timeout": env_int("DATABASE_POOL_TIMEOUT_S", 10),
     }
+# The statements every run executes (runs.sql.prepared_cursor) are prepared by the server
+# once one ran this many times on a connection, so they are planned once per connection
+# instead of on every run; 0 prepares at once, -1 never (e.g. behind PgBouncer older than
+# 1.21 in transaction mode, which cannot carry prepared statements). The ORM's own queries
+# keep Django's client-side binding whatever this is.
+DATABASE_PREPARE_THRESHOLD = env_int("DATABASE_PREPARE_THRESHOLD", 5)
+if not EMBEDDED_DATABASE and DATABASE_PREPARE_THRESHOLD >= 0:
+    DATABASES["default"].setdefault("OPTIONS", {})["prepare_threshold"] = DATABASE_PREPARE_THRESHOLD
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Redis and cache --------------------------------------------------------

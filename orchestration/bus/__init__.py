@@ -33,6 +33,7 @@ from runs import services as run_services
 from runs.choices import RunStatus
 from runs.models import AgentRun
 from runs.recorder import RunRecords, record_ctes, record_tools_repair, recording_flush
+from runs.sql import prepared_cursor
 
 logger = logging.getLogger(__name__)
 
@@ -324,7 +325,7 @@ def run_terminal_write(
         ),
     )
     params = (*update_params, *(ctes.params if ctes else ()), type, _dumps(event), now)
-    with connection.cursor() as cursor:
+    with prepared_cursor(connection) as cursor:
         cursor.execute(sql, params)
         rows = cursor.fetchall()
     if rows and ctes and ctes.tool_clause and rows[0][2] < len(ctes.tool_calls):

@@ -15,7 +15,7 @@ from agents.handlers import registry
 from agents.models import Agent, AgentCapability, AgentConfig, Dataset
 from orchestration.errors import OrchestrationError
 from orchestration.policies import policy_store
-from runs.sql import json_object, model_columns, row_instance
+from runs.sql import json_object, model_columns, prepared_cursor, row_instance
 
 
 def _agent_by_reference(organization, reference: str) -> Agent | None:
@@ -75,7 +75,7 @@ def _server_rows(organization_id, intent: str) -> list[tuple]:
         now = time.monotonic()
         if entry is not None and entry[0] == version and now - entry[1] < ttl:
             return entry[2]
-    with connection.cursor() as cursor:
+    with prepared_cursor() as cursor:
         cursor.execute(_servers_sql(), [organization_id, intent])
         rows = cursor.fetchall()
     if version is not None:
