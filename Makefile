@@ -73,7 +73,7 @@ faults: venv
 BENCH_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/acp_bench
 bench: venv
 	-BENCH_DATABASE_URL=$(BENCH_DATABASE_URL) $(VENV)/bin/python -m bench.hotpath --runs 2000 --reps 5
-	-BENCH_DATABASE_URL=$(BENCH_DATABASE_URL) $(VENV)/bin/python -m bench.hotpath --profile --runs 500
+	-BENCH_DATABASE_URL=$(BENCH_DATABASE_URL) $(VENV)/bin/python -m bench.profile --runs 2000
 	-BENCH_DATABASE_URL=$(BENCH_DATABASE_URL) $(VENV)/bin/python -m bench.async_runs \
 		--runs 5000 --reps 2 --latency-runs 500 --default-get-runs 60 --prefect-runs 30
 	-if [ -f bench/http_api.py ]; then $(VENV)/bin/python -m bench.http_api; fi

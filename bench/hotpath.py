@@ -14,13 +14,7 @@ writes bench/results/hotpath.json and bench/results/hotpath.md (the B1 section o
 docs/PERFORMANCE.md). Uses its own database (BENCH_DATABASE_URL, default
 postgres://postgres@127.0.0.1:5432/acp_bench), created and migrated on first use.
 
-    python -m bench.hotpath --profile [--runs 500]
-
-profiles ``--runs`` of our runs instead (cProfile with a CPU-time clock, plus the SQL
-statements and Redis commands of one run) and writes bench/results/profile.json and
-bench/results/profile.md, the Profile section; bench/results/profile_before.json, when
-present, is the same measurement of the code before the hot path was reworked, shown
-beside it.
+The profile of the same run, before the hot path was tuned and now: bench.profile.
 """
 
 # ruff: noqa: RUF001  (the report's multiplication signs and dashes are meant)
@@ -41,7 +35,6 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 RESULTS = Path(__file__).with_name("results") / "hotpath.json"
-PROFILE = Path(__file__).with_name("results") / "profile.json"
 DEFAULT_DB = "postgres://postgres@127.0.0.1:5432/acp_bench"
 
 
@@ -248,196 +241,6 @@ def _markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
-_UPDATED = re.compile(r'UPDATE ("?\w+"?)')
-_INSERTED = re.compile(r'INSERT INTO ("?\w+"?)')
-_READ = re.compile(r'FROM ("\w+")')
-
-
-def _statement_label(sql: str) -> str:
-    """A statement without its values: the verb and the tables it touches."""
-
-    def tables(pattern: re.Pattern) -> str:
-        return ", ".join(dict.fromkeys(pattern.findall(sql)))
-
-    if sql.startswith("WITH"):
-        return f"WITH u AS (UPDATE {tables(_UPDATED)} ...) INSERT INTO {tables(_INSERTED)}"
-    if sql.startswith("SELECT"):
-        return "SELECT ... FROM " + tables(_READ)  # noqa: S608  (a label, never run)
-    if sql.startswith("INSERT"):
-        return "INSERT INTO " + tables(_INSERTED)
-    if sql.startswith("UPDATE"):
-        return f"UPDATE {tables(_UPDATED)} SET ..."  # noqa: S608  (a label, never run)
-    return sql.split()[0]
-
-
-def profile(n: int, principal) -> dict:
-    """cProfile (CPU clock) over ``n`` runs, plus the statements and Redis commands of one."""
-    import cProfile
-    import io
-    import pstats
-
-    import redis.client
-    from django.db import connection
-    from django.test.utils import CaptureQueriesContext
-
-    from orchestration.services.orchestrator import OrchestrateCommand, orchestrate
-
-    command = OrchestrateCommand(intent="bench", payload={"text": "x" * 200})
-    commands: list[str] = []
-    execute, pipeline = redis.client.Redis.execute_command, redis.client.Pipeline.execute
-
-    def counting_execute(self, *args, **kwargs):
-        commands.append(str(args[0]))
-        return execute(self, *args, **kwargs)
-
-    def counting_pipeline(self, *args, **kwargs):
-        commands.append("pipeline(" + " ".join(str(c[0][0]) for c in self.command_stack) + ")")
-        return pipeline(self, *args, **kwargs)
-
-    # A first run fills the process's caches (definitions, live configuration), as in a
-    # server that has served a request; the run counted is the next one.
-    orchestrate(command, principal)
-    redis.client.Redis.execute_command = counting_execute
-    redis.client.Pipeline.execute = counting_pipeline
-    try:
-        with CaptureQueriesContext(connection) as ctx:
-            orchestrate(command, principal)
-    finally:
-        redis.client.Redis.execute_command = execute
-        redis.client.Pipeline.execute = pipeline
-    statements = [_statement_label(q["sql"]) for q in ctx.captured_queries]
-
-    profiler = cProfile.Profile(time.process_time)
-    cpu = time.process_time()
-    profiler.enable()
-    for _ in range(n):
-        orchestrate(command, principal)
-    profiler.disable()
-    cpu = time.process_time() - cpu
-
-    def top(sort: str, pattern: str, count: int) -> list[dict]:
-        stats = pstats.Stats(profiler, stream=io.StringIO())
-        rows = []
-        for (filename, line, name), (_, calls, tottime, cumtime, _) in stats.stats.items():
-            if not re.search(pattern, filename):
-                continue
-            where = filename.split("site-packages/")[-1].split(str(Path.cwd()) + "/")[-1]
-            rows.append(
-                {
-                    "function": f"{where}:{line}({name})",
-                    "calls_per_run": calls / n,
-                    "own_us_per_run": tottime / n * 1e6,
-                    "cumulative_us_per_run": cumtime / n * 1e6,
-                }
-            )
-        key = "own_us_per_run" if sort == "own" else "cumulative_us_per_run"
-        return sorted(rows, key=lambda r: -r[key])[:count]
-
-    return {
-        "when": datetime.now(UTC).isoformat(timespec="seconds"),
-        "runs": n,
-        # Under the profiler: higher than without it, compare with its own "before".
-        "cpu_us_per_run_profiled": cpu / n * 1e6,
-        "statements": statements,
-        "redis_commands": commands,
-        "project_cumulative": top("cumulative", r"/(orchestration|runs|agents)/", 15),
-        "own_time": top("own", r".", 15),
-    }
-
-
-def _profile_markdown(after: dict, before: dict | None) -> str:
-    def table(rows: list[dict], key: str) -> list[str]:
-        out = ["| function | calls/run | µs/run |", "| --- | --- | --- |"]
-        out += [f"| `{r['function']}` | {r['calls_per_run']:.1f} | {r[key]:.0f} |" for r in rows]
-        return out
-
-    def section(title: str, data: dict) -> list[str]:
-        return [
-            f"### {title}",
-            "",
-            f"Profiled {data['runs']} sync runs ({data['when']}): "
-            f"{data['cpu_us_per_run_profiled']:.0f} µs of CPU per run under the profiler. "
-            f"{len(data['statements'])} SQL statements and {len(data['redis_commands'])} Redis "
-            "round trips per run:",
-            "",
-            *[f"1. `{s}`" for s in data["statements"]],
-            "",
-            "Redis: "
-            + ", ".join(f"`{c}`" for c in data["redis_commands"])
-            + (
-                "."
-                if data is not after or any("PUBLISH" in c for c in data["redis_commands"])
-                else "; off the run's path, the event-sender thread's pipeline "
-                "(`PUBLISH RPUSH EXPIRE`), whose CPU the figure above includes."
-            ),
-            "",
-            "Top costs, project code, cumulative CPU per run:",
-            "",
-            *table(data["project_cumulative"], "cumulative_us_per_run"),
-            "",
-            "Top costs, any code, own CPU per run:",
-            "",
-            *table(data["own_time"], "own_us_per_run"),
-            "",
-        ]
-
-    lines = [
-        "## Profile — where a sync run's time goes",
-        "",
-        "Command: `python -m bench.hotpath --profile`: B1's run (`orchestrate()`, sync, the "
-        "no-op handler recording 3 metrics and 1 tool execution) under cProfile with a "
-        "CPU-time clock, and the SQL statements and Redis commands of one run, counted.",
-        "",
-    ]
-    if before:
-        lines += [
-            f"Before → now: {len(before['statements'])} → {len(after['statements'])} SQL "
-            f"statements per run, {len(before['redis_commands'])} → "
-            f"{len(after['redis_commands'])} Redis round trips, "
-            f"{before['cpu_us_per_run_profiled']:.0f} → {after['cpu_us_per_run_profiled']:.0f} "
-            "µs of CPU per run under the profiler (same machine, same measurement; the "
-            "profiler inflates CPU time several-fold, so compare these two with each other, "
-            "not with B1's figures).",
-            "",
-            "What changed: the PENDING insert is one statement committed on its own (no "
-            "`BEGIN`/`COMMIT`); the finish, the metric rows, steps, tool executions and the "
-            "run's terminal event are one statement (data-modifying CTEs selecting from the "
-            "fenced `UPDATE`), with the tool ids joined by slug instead of looked up; intent "
-            "resolution is one raw query with the agents' config rows aggregated into a JSON "
-            "column instead of the ORM's join plus prefetch, its rows made models with "
-            "`Model.from_db`, and kept by the process while the definitions' version in Redis "
-            "stands (one GET instead of the query); the insert and the finish are written as SQL "
-            "directly (with the fields' own conversions, skipped for values stored as they are) "
-            "instead of compiled by the ORM on every run; a sync run's row is inserted already "
-            "claimed (no claim UPDATE); the rate-limit script reads the circuit's state, so a "
-            "sync run's first circuit permit costs no round trip; the event's PUBLISH is sent by "
-            "a thread of the process, so the run does not wait for it; the shared cancel flag is "
-            "not read before the first attempt of a run whose row records no cancellation, nor "
-            "after a success (the finish is fenced on the row's cancel_requested_at instead).",
-            "",
-        ]
-    wrappers = ("(orchestrate)", "(scoped)", "(run_execute)")
-    remaining = [r for r in after["project_cumulative"] if not r["function"].endswith(wrappers)]
-    if remaining:
-        total = after["cpu_us_per_run_profiled"]
-        lines += [
-            "Largest remaining costs of our own code, as a share of a run's CPU (cumulative, "
-            "so a function's share includes the functions it calls): "
-            + "; ".join(
-                f"`{r['function']}` {r['cumulative_us_per_run'] / total:.0%}" for r in remaining[:5]
-            )
-            + ". What bounds the rest is the number of blocking round trips (the SQL "
-            "statements and Redis commands listed below, plus the hand-over to the handler "
-            "thread) and Django's model and psycopg's adaptation work per statement.",
-            "",
-        ]
-    if before:
-        lines += section("Before: the hot path as it was (a statement per kind of write)", before)
-    lines += section("Now", after)
-    lines += ["Raw figures: `bench/results/profile.json`, `bench/results/profile_before.json`.", ""]
-    return "\n".join(lines)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--db", default=os.environ.get("BENCH_DATABASE_URL", DEFAULT_DB))
@@ -446,24 +249,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--pgbench-seconds", type=int, default=5)
     parser.add_argument("--output", type=Path, default=RESULTS)
-    parser.add_argument("--profile", action="store_true", help="profile instead (see above)")
     args = parser.parse_args(argv)
 
     _setup_django(args.db, args.redis)
     from orchestration.policies import policy_store
 
     organization, agent, principal = _fixtures()
-    if args.profile:
-        _ours(50, principal)  # warm-up
-        result = profile(min(args.runs, 2000), principal)
-        output = args.output if args.output != RESULTS else PROFILE
-        output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_text(json.dumps(result, indent=2) + "\n")
-        before_path = output.with_name("profile_before.json")
-        before = json.loads(before_path.read_text()) if before_path.exists() else None
-        output.with_suffix(".md").write_text(_profile_markdown(result, before))
-        print(json.dumps(result, indent=2))
-        return 0
     reps: dict[str, list[dict]] = {"ours": [], "bare_orm": []}
     pg_tps: list[float] = []
     # Warm-up: caches, prepared plans, the script cache in Redis.

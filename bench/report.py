@@ -31,7 +31,7 @@ SECTIONS = [
     ("## B3 — async latency", "async_runs.md", "bench.async_runs"),
     ("## B4 — HTTP API under a production server", "http_api.md", "bench.http_api"),
     ("## B5 — policy decisions vs a bare Redis round trip", "policies.md", "bench.policies"),
-    ("## Profile — where a sync run's time goes", "profile.md", "bench.hotpath --profile"),
+    ("## Profile — where a sync run's time goes", "profile.md", "bench.profile"),
 ]
 PACKAGES = [
     "Django",
@@ -101,7 +101,7 @@ def header(db_url: str, redis_url: str) -> str:
             "",
             "`make bench` runs, in order: `python -m bench.hotpath` (B1), "
             "`python -m bench.async_runs` (B2, B3), `python -m bench.http_api` (B4), "
-            "`python -m bench.policies` (B5), `python -m bench.hotpath --profile` (Profile), "
+            "`python -m bench.policies` (B5), `python -m bench.profile` (Profile), "
             "then `python -m bench.report`, which writes this file.",
             "",
             "Machine and versions (read when this file was generated):",

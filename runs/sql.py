@@ -22,7 +22,17 @@ from django.db import connection
 try:
     from django.db.backends.postgresql.base import ServerBindingCursor
 except ImportError:  # no psycopg 3 (an embedded-only installation)
-    ServerBindingCursor = None
+    _PreparingCursor = None
+else:
+
+    class _PreparingCursor(ServerBindingCursor):
+        """Django's server-side binding cursor, which keeps the statement of an execution
+        of a prepared statement where Django's query log reads it (psycopg records the
+        statement only when it sends its text), so the log and assertNumQueries show it."""
+
+        def _send_query_prepared(self, name, pgq, *, binary=None):
+            self._query = pgq
+            return super()._send_query_prepared(name, pgq, binary=binary)
 
 
 def prepared_cursor(conn=None):
@@ -37,12 +47,12 @@ def prepared_cursor(conn=None):
     (the threshold unset), or not PostgreSQL: connection.cursor().
     """
     conn = conn if conn is not None else connection
-    if conn.vendor != "postgresql" or ServerBindingCursor is None:
+    if conn.vendor != "postgresql" or _PreparingCursor is None:
         return conn.cursor()
     conn.ensure_connection()
     if getattr(conn.connection, "prepare_threshold", None) is None:
         return conn.cursor()
-    return conn._prepare_cursor(ServerBindingCursor(conn.connection))
+    return conn._prepare_cursor(_PreparingCursor(conn.connection))
 
 
 @functools.cache

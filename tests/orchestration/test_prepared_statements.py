@@ -70,12 +70,16 @@ def test_an_async_run_s_claim_is_prepared(sleeper, settings):
     assert _has(statements, 'SELECT "orchestrator_nodes"'), statements
 
 
-def test_prepared_statements_are_counted_as_queries(sleeper):
-    with CaptureQueriesContext(connection) as captured, prepared_cursor() as cursor:
-        cursor.execute("SELECT %s::int + 1", [41])
-        assert cursor.fetchone() == (42,)
-    assert len(captured.captured_queries) == 1, captured.captured_queries
-    assert "::int + 1" in captured.captured_queries[0]["sql"]
+def test_prepared_statements_are_counted_and_logged_as_queries(sleeper):
+    connection.ensure_connection()
+    threshold = connection.connection.prepare_threshold
+    with CaptureQueriesContext(connection) as captured:
+        for value in range(threshold + 2):  # the last ones run the prepared statement
+            with prepared_cursor() as cursor:
+                cursor.execute("SELECT %s::int + 1", [value])
+                assert cursor.fetchone() == (value + 1,)
+    assert [q["sql"] for q in captured.captured_queries] == ["SELECT $1::int + 1"] * (threshold + 2)
+    assert _has(_prepared(), "SELECT $1::int + 1")
 
 
 def test_nothing_is_prepared_with_the_threshold_off(sleeper):
