@@ -274,7 +274,10 @@ def _claim_queued_sql() -> str:
     return (
         f'UPDATE "{runs}" SET status = %s, node_id = %s, started_at = %s,'  # noqa: S608
         f' attempt = "{runs}".attempt + 1, lease_expires_at = %s, updated_at = %s'
-        f' FROM "{agents}", "{orgs}"'
+        f' FROM "{agents}", "{orgs}",'
+        # This statement's transaction alone commits without waiting for its WAL to reach
+        # the disk (SET LOCAL): see run_claim_queued.
+        " (SELECT set_config('synchronous_commit', 'off', true)) AS claim_commit"
         f' WHERE "{runs}".id = %s AND "{runs}".status = %s'
         f' AND "{agents}".id = "{runs}".agent_id AND "{orgs}".id = "{runs}".organization_id'
         f" RETURNING {columns}, (SELECT jsonb_object_agg(c.key, c.value)"
@@ -290,6 +293,11 @@ def run_claim_queued(*, run_id, node_id: str, lease_seconds: int) -> tuple[Agent
     claimed row with its agent, the agent's config rows (``agent.config_rows``) and its
     organization; a dataset, if any, is read when used. Not claimed: ``"missing"`` or
     ``"skipped:<status>"`` (it is not PENDING: another worker has it, or it ended).
+
+    Its transaction commits without waiting for the disk (SET LOCAL synchronous_commit off):
+    a crash of the server may lose the claim, never the run, which was committed PENDING
+    when accepted and is then re-enqueued by the reaper (docs/RUNS.md, step 7); the
+    fenced finish commits synchronously.
     """
     connection = connections[router.db_for_write(AgentRun)]
     if connection.vendor != "postgresql":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 
 import pytest
+from django.db import connection, transaction
 
 from agents.models import AgentConfig
 from runs import services as run_services
@@ -66,3 +67,32 @@ def test_a_dataset_is_read_when_used(tenant_a, django_assert_num_queries):
     run, _ = run_services.run_claim_queued(run_id=queued.pk, node_id="a", lease_seconds=30)
     with django_assert_num_queries(1):
         assert run.dataset == dataset
+
+
+def _synchronous_commit() -> str:
+    with connection.cursor() as cursor:
+        cursor.execute("SHOW synchronous_commit")
+        return cursor.fetchone()[0]
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="commit modes: PostgreSQL")
+@pytest.mark.django_db(transaction=True)
+def test_the_claim_alone_commits_without_waiting_for_the_disk(tenant_a):
+    """The claim's transaction commits asynchronously (a crash may lose the claim, never a
+    run: the row is PENDING again and the reaper re-enqueues it); the setting is local to
+    that transaction, so the finish that follows on the connection waits for the disk."""
+    first, second = _queued(tenant_a), _queued(tenant_a)
+    assert _synchronous_commit() == "on"
+    with transaction.atomic():
+        run, _ = run_services.run_claim_queued(
+            run_id=str(first.pk), node_id="node-a", lease_seconds=30
+        )
+        assert run.status == RunStatus.RUNNING
+        assert _synchronous_commit() == "off"
+    assert _synchronous_commit() == "on"
+    # As a worker runs it: the statement in a transaction of its own.
+    run, _ = run_services.run_claim_queued(
+        run_id=str(second.pk), node_id="node-a", lease_seconds=30
+    )
+    assert run.status == RunStatus.RUNNING
+    assert _synchronous_commit() == "on"
