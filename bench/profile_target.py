@@ -180,6 +180,7 @@ def main() -> int:
     parser.add_argument("--db", required=True)
     parser.add_argument("--redis", required=True)
     parser.add_argument("--runs", type=int, default=2000)
+    parser.add_argument("--async-runs", type=int, default=0)
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     tree = os.path.abspath(args.tree)
@@ -188,8 +189,6 @@ def main() -> int:
     os.chdir(tree)
     _setup(args.db, args.redis)
     principal = _fixtures()
-
-    from pyinstrument import Profiler
 
     from orchestration.services.orchestrator import OrchestrateCommand, orchestrate
 
@@ -202,16 +201,39 @@ def main() -> int:
     for _ in range(100):  # warm-up: the process's caches, prepared statements
         run()
     statements, commands = _counted_run(run)
+    report = {
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        "profiler": "pyinstrument",
+        "interval_s": INTERVAL_S,
+        "runs": args.runs,
+        **_profiled(lambda _: run(), range(args.runs)),
+        "statements": statements,
+        "redis_commands": commands,
+    }
+    if args.async_runs:
+        report["async"] = _async(principal, args.async_runs)
+    with open(args.out, "w") as out:
+        json.dump(report, out, indent=2)
+    return 0
 
-    profiler = Profiler(interval=0.0001)
+
+INTERVAL_S = 0.0001
+
+
+def _profiled(call, items) -> dict:
+    """``call(item)`` for every item under pyinstrument: time per call and top costs."""
+    from pyinstrument import Profiler
+
+    items = list(items)
+    profiler = Profiler(interval=INTERVAL_S)
     wall, cpu = time.perf_counter(), time.process_time()
     profiler.start()
-    for _ in range(args.runs):
-        run()
+    for item in items:
+        call(item)
     session = profiler.stop()
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     inclusive, own = _aggregate(session.root_frame())
-    n = args.runs
+    n = len(items)
 
     def rows(table: dict, pattern: str, count: int) -> list[dict]:
         picked = [(k, v) for k, v in table.items() if re.match(pattern, k)]
@@ -221,22 +243,50 @@ def main() -> int:
             for k, v in picked[:count]
         ]
 
-    report = {
-        "when": datetime.now(UTC).isoformat(timespec="seconds"),
-        "profiler": "pyinstrument",
-        "interval_s": 0.0001,
-        "runs": n,
+    return {
         "samples": session.sample_count,
         "wall_us_per_run_profiled": wall / n * 1e6,
         "cpu_us_per_run_profiled": cpu / n * 1e6,
-        "statements": statements,
-        "redis_commands": commands,
         "project_inclusive": rows(inclusive, r"(orchestration|runs|agents)/", 15),
         "own_time": rows(own, r".", 15),
     }
-    with open(args.out, "w") as out:
-        json.dump(report, out, indent=2)
-    return 0
+
+
+def _async(principal, n: int) -> dict:
+    """An async run in two halves, each profiled in this process: its submission
+    (orchestrate(mode=async): the PENDING row, then the message on a queue nobody reads)
+    and its execution as a worker's task does it (execute_run with the run's id: the
+    claim, the handler, the finish), without the broker's hand-over between them."""
+    import redis
+    from django.conf import settings
+
+    from orchestration.services.orchestrator import OrchestrateCommand, orchestrate
+    from orchestration.tasks import execute_run
+
+    queue = f"bench-profile-{os.getpid()}"
+    settings.RUN_DEFAULT_QUEUE = queue
+    command = OrchestrateCommand(intent="bench", payload={"text": "x" * 200}, mode="async")
+    ids: list[str] = []
+
+    def submit(_):
+        result = orchestrate(command, principal)
+        assert result.http_status == 202, result.body
+        ids.append(str(result.run.pk))
+
+    def execute(run_id):
+        assert execute_run(run_id) == "SUCCESS"
+
+    try:
+        for _ in range(100):  # warm-up
+            submit(None)
+        for run_id in ids:
+            execute(run_id)
+        ids.clear()
+        submission = _profiled(submit, range(n))
+        execution = _profiled(execute, list(ids))
+    finally:
+        redis.Redis.from_url(settings.CELERY_BROKER_URL).delete(queue)
+    return {"runs": n, "submission": submission, "execution": execution}
 
 
 if __name__ == "__main__":

@@ -128,3 +128,19 @@ def test_prepare_threshold_follows_its_setting_on_postgresql_only(tmp_path):
         result = _run(env, "shell", "--no-imports", "-c", code)
         assert result.returncode == 0, result.stderr
         assert result.stdout.strip() == expected, env
+
+
+def test_only_a_redis_broker_gets_the_client_keeping_transport(tmp_path):
+    code = (
+        "from django.conf import settings;"
+        " print(getattr(settings, 'CELERY_BROKER_TRANSPORT', None))"
+    )
+    cases = (
+        ("redis://127.0.0.1:6379/3", "orchestration.broker:Transport"),
+        ("amqp://guest:guest@127.0.0.1:5672//", "None"),
+    )
+    for url, expected in cases:
+        env = {"VAR_DIR": str(tmp_path), "CELERY_BROKER_URL": url}
+        result = _run(env, "shell", "--no-imports", "-c", code)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.strip() == expected, url

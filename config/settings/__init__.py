@@ -181,6 +181,10 @@ CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", REDIS_URL)
 CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", default=CELERY_BROKER_URL is None)
 if CELERY_BROKER_URL is None:
     CELERY_BROKER_URL = "memory://"
+# A redis:// broker goes through kombu's Redis transport with one client per channel
+# instead of one per publish (orchestration/broker.py); other brokers keep their own.
+if CELERY_BROKER_URL.startswith("redis://"):
+    CELERY_BROKER_TRANSPORT = "orchestration.broker:Transport"
 CELERY_TASK_EAGER_PROPAGATES = True
 CELERY_RESULT_BACKEND = "django-db"
 CELERY_RESULT_EXTENDED = False
