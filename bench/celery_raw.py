@@ -18,6 +18,8 @@ app = Celery("bench_raw")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 # The baseline stores every result (that is what django-celery-results is for).
 app.conf.task_ignore_result = False
+# kombu's own Redis transport, not the project's (orchestration/broker.py).
+app.conf.broker_transport = None
 
 
 @app.task(name="bench.noop")
