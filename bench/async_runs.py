@@ -16,8 +16,8 @@ The three alternate, ``--reps`` times.
 
 B3: ``--latency-runs`` sequential runs, from submission to the caller holding the terminal
 state, p50 / p99, alternating run by run between:
-- ours: orchestrate(async) then runs.services.run_wait() (woken by the completion signal
-  pushed over Redis, then one read of the row);
+- ours: orchestrate(async) then runs.services.run_wait() given the run orchestrate()
+  returned (woken by the completion signal pushed over Redis, then one read of the row);
 - raw Celery + django-celery-results (connection reuse on): AsyncResult.get() with 5 ms
   polling, and with its default 0.5 s polling (``--default-get-runs`` of them, as each
   costs about half a second);
@@ -335,7 +335,7 @@ def b3(args, principal) -> dict:
         start, wall = time.perf_counter(), time.time()
         result = orchestrate(command, principal)
         accepted = time.time()
-        run = run_services.run_wait(result.run.pk, timeout=30)
+        run = run_services.run_wait(result.run, timeout=30)
         elapsed = time.perf_counter() - start
         assert run.status == "SUCCESS", run.status
         instants.append((run.pk, wall, accepted, wall + elapsed))
@@ -509,6 +509,16 @@ def _cpu_table(b2r: dict) -> list[str]:
         f"At {total:,.0f} µs of CPU per run, {cores} cores could complete at most "
         f"{cores * 1e6 / total:,.0f} of our runs per second with every core busy.",
     ]
+    rate = b2r["ours"]["runs_per_s"]["median"]
+    busy = rate * total / 1e6 / cores
+    if busy < 0.9:
+        lines += [
+            f"At the measured {rate:,.0f} runs/s that is {busy:.0%} of the cores: the rest of "
+            "the bound is waiting. The one submitting process sends one run at a time ("
+            f"{b2r['ours']['submit_per_s']['median']:,.0f} submissions/s at most), and each of "
+            f"the {WORKER_PROCESSES} worker processes runs one task at a time, idle while "
+            "PostgreSQL executes and commits its statements and Redis answers.",
+        ]
     return lines
 
 
@@ -551,27 +561,28 @@ def _markdown(report: dict) -> str:
         f"{'met' if ours / default >= 3.5 else 'missed'}).",
         "",
         "What bounds ours: every submission of ours writes the run before it is queued "
-        "(resolution from the process's definitions after a GET of their version, the routing "
-        "read, the PENDING INSERT, a rate-limit decision in Redis, then "
-        "the broker's LPUSH) where plain Celery's is the LPUSH alone "
-        f"({b2r['ours']['submit_per_s']['median']:.0f} submissions/s against "
-        f"{b2r['raw_reuse']['submit_per_s']['median']:.0f}), and every execution claims "
+        "(resolution from the process's definitions after a GET of their version, a "
+        "rate-limit decision in Redis, the routing read, the PENDING INSERT, then the "
+        "broker's LPUSH) where plain Celery's is the LPUSH alone, so the one submitting "
+        "process sends "
+        f"{b2r['ours']['submit_per_s']['median']:.0f} submissions/s against "
+        f"{b2r['raw_reuse']['submit_per_s']['median']:.0f}; and every execution claims "
         "the run and reads it in one statement, runs the handler under its circuit (one "
         "decision in Redis; a success in the steady state is not sent) and writes the "
         "outcome, its records and its event in one statement, where the baseline stores one "
-        "result row. "
+        "result row. Where each half's time goes, function by function, is in the Profile "
+        "section (an async run's submission and its execution). "
         "The submitting process, both worker processes, PostgreSQL and Redis share the "
-        "machine's cores, so the rate is bounded by the CPU each run costs all of them "
-        "together, measured here (µs of CPU per run, median over the repetitions, from "
-        "/proc while each variant ran):",
+        "machine's two cores; what each run costs all of them together, measured here (µs "
+        "of CPU per run, median over the repetitions, from /proc while each variant ran):",
         "",
         *_cpu_table(b2r),
         "",
         "## B3 — async latency: submission to the caller holding the terminal state",
         "",
         f"Command: `{report['command']}`. Sequential runs, alternating run by run; ours waits "
-        "with `runs.services.run_wait()` (woken by the completion signal pushed over Redis "
-        "after commit, then one read of the row).",
+        "with `runs.services.run_wait()`, given the run `orchestrate()` returned (woken by "
+        "the completion signal pushed over Redis after commit, then one read of the row).",
         "",
         "| variant | runs | p50 ms | p99 ms | min ms | max ms |",
         "| --- | --- | --- | --- | --- | --- |",
@@ -608,12 +619,15 @@ def _markdown(report: dict) -> str:
     lines += [
         "",
         "Ours is a chain of blocking steps on the critical path: the submission (2 SQL "
-        "statements -- the routing read and the INSERT --, the GET of the definitions' "
-        "version, 1 EVALSHA, the LPUSH), the worker's claim (one statement returning the "
-        "run, its agent and config), the circuit decision, the handler thread, the "
-        "one-statement finish, the hand-over to the event-sender thread and its pipelined "
-        "PUBLISH + completion push, the waiter's wake-up and its read of the row; the "
-        "baseline's is the LPUSH, the no-op, the result row and the poll that finds it.",
+        "statements -- the routing read and the INSERT, committed to disk --, the GET of the "
+        "definitions' version, 1 EVALSHA, the LPUSH), the worker's claim (one statement "
+        "returning the run, its agent and config, committed without waiting for the disk), "
+        "the circuit decision, the handler thread, the one-statement finish (committed to "
+        "disk), the hand-over to the event-sender thread and its pipelined PUBLISH + "
+        "completion push, the waiter's wake-up and its read of the row; the baseline's is "
+        "the LPUSH, the no-op, the result row and the poll that finds it. The run's "
+        "statements are prepared (planned once per connection); what remains of each step "
+        "is in the Profile section.",
         "",
         f"Target: p50 ≤ 0.6× Celery + django-celery-results with 5 ms polling (measured "
         f"{p50 / fast:.2f}×: {'met' if p50 / fast <= 0.6 else 'missed'}).",

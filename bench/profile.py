@@ -8,6 +8,8 @@ statements and Redis commands of one run counted. Profiled twice in the same run
 a process of its own (bench/profile_target.py): on this checkout, and on the revision
 ``--before-rev`` -- the hot path as it was when B1 was first measured, extracted from git
 under var/bench-before/<rev> with a database of its own (<BENCH_DATABASE_URL>_before).
+On this checkout an async run is profiled too, its submission and its execution by a
+worker's task, each half on its own (what bounds B2 and B3).
 
 Writes bench/results/profile.json and bench/results/profile.md (the Profile section).
 """
@@ -43,7 +45,7 @@ def _tree(rev: str) -> Path:
     return tree
 
 
-def _profile(tree: Path, db: str, redis_url: str, runs: int) -> dict:
+def _profile(tree: Path, db: str, redis_url: str, runs: int, async_runs: int = 0) -> dict:
     with tempfile.NamedTemporaryFile(suffix=".json") as out:
         subprocess.run(
             [
@@ -57,6 +59,8 @@ def _profile(tree: Path, db: str, redis_url: str, runs: int) -> dict:
                 redis_url,
                 "--runs",
                 str(runs),
+                "--async-runs",
+                str(async_runs),
                 "--out",
                 out.name,
             ],
@@ -101,6 +105,8 @@ def _markdown(now: dict, before: dict, before_rev: str, command: str) -> str:
     wrappers = ("(orchestrate)", "(scoped)", "(run_execute)", "(_run_execute_claimed)")
     remaining = [r for r in now["project_inclusive"] if not r["function"].endswith(wrappers)]
     lines = [
+        "## Profile — where a run's time goes, before and now",
+        "",
         f"Command: `{command}`. B1's run (`orchestrate()`, sync, the no-op handler recording 3 "
         "metrics and 1 tool execution) under pyinstrument, a sampling profiler (wall-clock "
         "time, a sample every 100 µs), with the SQL statements and Redis commands of one run "
@@ -139,8 +145,43 @@ def _markdown(now: dict, before: dict, before_rev: str, command: str) -> str:
         ]
     lines += section(f"Before: revision `{before_rev}`", before)
     lines += section("Now", now)
+    if "async" in now:
+        lines += _async_sections(now["async"])
     lines += ["Raw figures: `bench/results/profile.json`.", ""]
     return "\n".join(lines)
+
+
+def _async_sections(data: dict) -> list[str]:
+    def table(rows: list[dict]) -> list[str]:
+        out = ["| function | µs per run | share |", "| --- | ---: | ---: |"]
+        out += [f"| `{r['function']}` | {r['us_per_run']:.0f} | {r['share']:.0%} |" for r in rows]
+        return out
+
+    lines = [
+        "### Now: an async run (what bounds B2 and B3)",
+        "",
+        f"{data['runs']} async runs, each half profiled on its own in this process (the "
+        "broker's hand-over between them, Celery's own work in a worker and the waiter are "
+        "not in these figures; B3's segments have them).",
+        "",
+    ]
+    for key, title in (
+        ("submission", "The submission: `orchestrate(mode=async)`, the run accepted and sent"),
+        ("execution", "The execution: the worker's task `execute_run(run_id)`"),
+    ):
+        part = data[key]
+        lines += [
+            f"**{title}**: {part['wall_us_per_run_profiled']:.0f} µs per run under the "
+            f"profiler, {part['cpu_us_per_run_profiled']:.0f} µs of it CPU.",
+            "",
+            *table(part["project_inclusive"][:10]),
+            "",
+            "Any code, own time:",
+            "",
+            *table(part["own_time"][:10]),
+            "",
+        ]
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -152,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     command = "python -m bench.profile " + " ".join(argv if argv is not None else sys.argv[1:])
     before = _profile(_tree(args.before_rev), args.db + "_before", args.redis, args.runs)
-    now = _profile(ROOT, args.db, args.redis, args.runs)
+    now = _profile(ROOT, args.db, args.redis, args.runs, async_runs=args.runs)
     report = {
         "benchmark": "Profile",
         "command": command.strip(),

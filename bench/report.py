@@ -31,7 +31,7 @@ SECTIONS = [
     ("## B3 — async latency", "async_runs.md", "bench.async_runs"),
     ("## B4 — HTTP API under a production server", "http_api.md", "bench.http_api"),
     ("## B5 — policy decisions vs a bare Redis round trip", "policies.md", "bench.policies"),
-    ("## Profile — where a sync run's time goes", "profile.md", "bench.profile"),
+    ("## Profile — where a run's time goes, before and now", "profile.md", "bench.profile"),
 ]
 PACKAGES = [
     "Django",

@@ -8,7 +8,7 @@ import json
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -79,7 +79,7 @@ def input_hash(value: Any) -> str:
     return hashlib.sha256(canonical_json(value).encode()).hexdigest()
 
 
-def run_create(
+def _run_build(
     *,
     organization,
     agent,
@@ -97,8 +97,8 @@ def run_create(
     claimed_by: str = "",
     lease_seconds: int = 0,
 ) -> AgentRun:
-    """Insert the run: it exists before anything is dispatched. ``node_id``: the node an
-    async run was routed to (its own queue), if any.
+    """The run as run_create() inserts it. ``node_id``: the node an async run was routed
+    to (its own queue), if any.
 
     ``claimed_by``: the node that executes the run at once in this process (a sync run).
     The row is then inserted as run_claim would leave it (RUNNING, attempt 1, that node,
@@ -128,22 +128,51 @@ def run_create(
     if claimed_by:
         run.mark_running(node_id=claimed_by, now=now)
         run.lease_expires_at = now + timedelta(seconds=lease_seconds)
+    return run
+
+
+def run_create(**create) -> AgentRun:
+    """Insert the run (see _run_build for the arguments): it exists before anything is
+    dispatched. On PostgreSQL one INSERT, committed on its own outside a transaction."""
+    run = _run_build(**create)
+    _run_insert(run, None)
+    return run
+
+
+def run_create_reading(read_after: tuple[str, Sequence], **create) -> tuple[AgentRun, list]:
+    """run_create(), and the rows of ``read_after`` (a SELECT and its parameters), read in
+    the same statement on PostgreSQL (``WITH inserted AS (INSERT ...) SELECT ...``): the
+    async submission inserts its run and reads the routable nodes in one round trip.
+    Elsewhere the SELECT runs after the insert."""
+    run = _run_build(**create)
+    rows = _run_insert(run, read_after)
+    if rows is None:
+        with connections[router.db_for_read(AgentRun)].cursor() as cursor:
+            cursor.execute(*read_after)
+            rows = cursor.fetchall()
+    return run, rows
+
+
+def _run_insert(run: AgentRun, read_after: tuple[str, Sequence] | None) -> list | None:
     alias = router.db_for_write(AgentRun)
     connection = connections[alias]
     if connection.vendor != "postgresql":
         run.save(force_insert=True, using=alias)
-        return run
+        return None
     # The hot path: the INSERT the ORM would write (its own field conversions), without
     # compiling it on every run. No signal listens to AgentRun saves.
     fields = _run_fields()
+    sql = _insert_sql()
+    params = db_prep_values(fields, [getattr(run, f.attname) for f in fields], connection)
+    if read_after is not None:
+        sql = f"WITH inserted AS ({sql} RETURNING 1) {read_after[0]}"
+        params = [*params, *read_after[1]]
     with prepared_cursor(connection) as cursor:
-        cursor.execute(
-            _insert_sql(),
-            db_prep_values(fields, [getattr(run, f.attname) for f in fields], connection),
-        )
+        cursor.execute(sql, params)
+        rows = cursor.fetchall() if read_after is not None else None
     run._state.adding = False
     run._state.db = alias
-    return run
+    return rows
 
 
 _RUN_FIELDS: list | None = None
@@ -524,15 +553,20 @@ def _run_read(run_id) -> AgentRun | None:
 def run_wait(run_id, timeout: float) -> AgentRun | None:
     """Block until the run is terminal or ``timeout`` seconds pass; return the run as it is.
 
+    ``run_id``: the run's id, or the run itself as the caller holds it (the one
+    orchestrate() returned): then it is not read before the wait, only once it ended.
     With Redis the wake-up is pushed (no polling): the finishing process pushes onto the
     run's done key once its outcome is committed. Embedded (no REDIS_URL): the row is polled
     with a growing interval (5 ms up to 200 ms). None if the run does not exist.
     """
     deadline = time.monotonic() + max(0.0, timeout)
-    try:
-        run = _run_read(run_id)
-    except ValueError:
-        return None  # not a run id
+    if isinstance(run_id, AgentRun):
+        run, run_id = run_id, run_id.pk
+    else:
+        try:
+            run = _run_read(run_id)
+        except ValueError:
+            return None  # not a run id
     if run is None or run.is_terminal:
         return run
     if not settings.REDIS_URL:

@@ -20,16 +20,17 @@ from runs.models import AgentRun
 logger = logging.getLogger(__name__)
 
 
-def run_route(agent, *, priority: str = PRIORITY_NORMAL) -> RouteDecision:
+def run_route(agent, *, priority: str = PRIORITY_NORMAL, nodes=None) -> RouteDecision:
     """Where a new async run of ``agent`` goes: routing.route_select, capability = the
-    agent's handler key. Decided before the row exists, so the row is inserted already
-    naming its node (orchestrate: one INSERT, no UPDATE after it)."""
+    agent's handler key. ``nodes``: the routable nodes, when the caller read them with the
+    run's INSERT (orchestrate on PostgreSQL)."""
     return route_select(
         source_region=settings.ORCHESTRATOR_REGION,
         priority=priority,
         capability=agent.handler or None,
         estimate_latency=False,
         require_queue=True,
+        nodes=nodes,
     )
 
 
@@ -56,7 +57,7 @@ def run_enqueue(
         decision = run_route(run.agent, priority=priority)
     if decision.node_bound and run.node_id != decision.target_node.node_id:
         node_id = decision.target_node.node_id
-        # Still inside the transaction that created the row: no worker can see it yet.
+        # Not sent yet (the message goes below), so no worker can have claimed the row.
         AgentRun.objects.filter(pk=run.pk, status=RunStatus.PENDING).update(node_id=node_id)
         run.node_id = node_id
     run_id = str(run.pk)

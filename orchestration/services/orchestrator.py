@@ -14,7 +14,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
+from django.utils import timezone
 
 from agents.principal import Principal
 from orchestration import bus
@@ -22,7 +23,7 @@ from orchestration.choices import EventType
 from orchestration.errors import OrchestrationError
 from orchestration.observability import metrics
 from orchestration.policies import policy_store
-from orchestration.services.config import agent_policy_live
+from orchestration.services.config import agent_policy_live, config_current
 from orchestration.services.dispatch import run_enqueue, run_route
 from orchestration.services.envelope import failure_envelope, run_envelope
 from orchestration.services.execution import run_execute, sync_claim
@@ -31,6 +32,7 @@ from orchestration.services.resolution import (
     agent_resolve,
     dataset_resolve,
 )
+from orchestration.services.routing import nodes_from_rows, nodes_routable_query
 from runs import services as run_services
 from runs.choices import ACTIVE_RUN_STATES, RunMode
 from runs.models import AgentRun
@@ -168,22 +170,35 @@ def orchestrate(command: OrchestrateCommand, principal: Principal) -> Orchestrat
     )
     circuit_permit = decision.circuit
     decision = None
-    if command.mode == RunMode.ASYNC:
-        # Routed first, so the row is inserted naming its node: one INSERT, then the send.
+    # Async on PostgreSQL: the routable nodes are read in the INSERT's own statement, then
+    # routed (a run bound to a node's own queue is then named by run_enqueue before the
+    # send). Elsewhere routed first, so the row is inserted naming its node.
+    fold_route = command.mode == RunMode.ASYNC and connection.vendor == "postgresql"
+    if command.mode == RunMode.ASYNC and not fold_route:
         decision = run_route(agent)
         if decision.node_bound:
             create["node_id"] = decision.target_node.node_id
-    else:
+    elif command.mode != RunMode.ASYNC:
         # Executed here and now: the row is inserted already claimed by this node.
         create.update(sync_claim())
+
+    def insert():
+        nonlocal decision
+        if not fold_route:
+            return run_services.run_create(**create)
+        query = nodes_routable_query(now=timezone.now(), document=config_current())
+        run, rows = run_services.run_create_reading(query, **create)
+        decision = run_route(agent, nodes=nodes_from_rows(rows))
+        return run
+
     try:
         if transaction.get_connection().in_atomic_block:
             # Inside the caller's transaction: a savepoint keeps it usable after a conflict.
             with transaction.atomic():
-                run = run_services.run_create(**create)
+                run = insert()
         else:
-            # One INSERT, committed on its own: no BEGIN / COMMIT round trips.
-            run = run_services.run_create(**create)
+            # One statement, committed on its own: no BEGIN / COMMIT round trips.
+            run = insert()
         if decision is not None:
             # Sent once the row is committed (at once outside a transaction).
             run_enqueue(run, total_timeout_s=policy.total_timeout_s, decision=decision)

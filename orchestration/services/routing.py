@@ -35,7 +35,7 @@ from orchestration.queues import default_queue, node_queue, region_queue
 from orchestration.services.config import config_current
 from runs.choices import RunStatus
 from runs.models import AgentRun
-from runs.sql import fetch_instances, model_columns
+from runs.sql import fetch_instances, model_columns, row_instance
 
 PRIORITY_LOW = "low"
 PRIORITY_NORMAL = "normal"
@@ -117,10 +117,22 @@ def _routable_sql() -> str:
 def nodes_routable_list(*, now: datetime, document: dict) -> list[OrchestratorNode]:
     """nodes_routable() ordered by node id, as a list: the query every async submission
     makes, written once instead of compiled by the ORM on every call."""
-    since = node_fresh_since(now=now, document=document)
     if connection.vendor != "postgresql":
         return list(nodes_routable(now=now, document=document).order_by("node_id"))
-    return fetch_instances(OrchestratorNode, _routable_sql(), [*ROUTABLE_NODE_STATES, since])
+    return fetch_instances(OrchestratorNode, *nodes_routable_query(now=now, document=document))
+
+
+def nodes_routable_query(*, now: datetime, document: dict | None = None) -> tuple[str, list]:
+    """PostgreSQL: the SQL and parameters of nodes_routable_list() (its columns in
+    model_columns() order), for a caller that runs it within a statement of its own: the
+    async submission reads the nodes in its INSERT's statement (run_create_reading)."""
+    since = node_fresh_since(now=now, document=document)
+    return _routable_sql(), [*ROUTABLE_NODE_STATES, since]
+
+
+def nodes_from_rows(rows) -> list[OrchestratorNode]:
+    """nodes_routable_query()'s rows as nodes."""
+    return [row_instance(OrchestratorNode, row) for row in rows]
 
 
 def node_has_capability(node: OrchestratorNode, capability: str | None) -> bool:
@@ -224,11 +236,13 @@ def route_select(
     now: datetime | None = None,
     estimate_latency: bool = True,
     require_queue: bool = False,
+    nodes: list[OrchestratorNode] | None = None,
 ) -> RouteDecision:
     """Choose a node for one request; no candidate means the default queue.
 
     require_queue (dispatch of async runs): only nodes that consume their own or their
     region's queue qualify -- an API process or a remote node takes no queued work.
+    ``nodes``: the routable nodes (nodes_routable_list()) when the caller read them already.
     Raises InvalidPriority for a priority that is neither a name nor 0..10.
     """
     now = now or timezone.now()
@@ -241,7 +255,9 @@ def route_select(
     # The fleet is small (tens of nodes): two indexed queries, the rest is arithmetic.
     live = [
         node
-        for node in nodes_routable_list(now=now, document=document)
+        for node in (
+            nodes if nodes is not None else nodes_routable_list(now=now, document=document)
+        )
         if node_has_capability(node, capability)
         and (not require_queue or node_consumed_queue(node) is not None)
     ]

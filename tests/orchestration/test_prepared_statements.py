@@ -67,7 +67,7 @@ def test_an_async_run_s_claim_is_prepared(sleeper, settings):
         redis.Redis.from_url(settings.CELERY_BROKER_URL).delete(settings.RUN_DEFAULT_QUEUE)
     statements = _prepared()
     assert _has(statements, 'UPDATE "agent_runs" SET status = $1'), statements
-    assert _has(statements, 'SELECT "orchestrator_nodes"'), statements
+    assert _has(statements, 'WITH inserted AS (INSERT INTO "agent_runs"'), statements
 
 
 def test_prepared_statements_are_counted_and_logged_as_queries(sleeper):

@@ -8,9 +8,10 @@ Intent resolution reads the definitions this process read before (their version 
 in Redis); right after a definition changed it reads them again: 1 more statement (the
 agents declaring the intent, each with its config rows aggregated).
 
-Async accept, 3, no transaction block either: key lookup, the routing read of the nodes,
-the PENDING insert already naming its node (the task is sent once it is committed, i.e. at
-once); 1 more after a definition changed. Async execution, 2: the claim, which returns the
+Async accept, 2, no transaction block either: key lookup, and the PENDING insert with the
+routing read of the nodes in the same statement (the task is sent once it is committed,
+i.e. at once; a run routed to a node's own queue is named by one more UPDATE before the
+send); 1 more after a definition changed. Async execution, 2: the claim, which returns the
 claimed run with its agent, the agent's config rows and its organization (one UPDATE ...
 RETURNING), and the finish.
 
@@ -31,7 +32,7 @@ from tests.orchestration.workers import private_queue
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("redis_policies")]
 
 SYNC_RUN_QUERIES = 3
-ASYNC_ACCEPT_QUERIES = 3
+ASYNC_ACCEPT_QUERIES = 2
 ASYNC_EXECUTE_QUERIES = 2
 RESOLUTION_QUERIES = 1  # after a definition changed
 

@@ -246,6 +246,23 @@ def test_run_wait_is_woken_by_the_push_not_by_polling(
 
 
 @pytest.mark.django_db(transaction=True)
+def test_run_wait_given_the_run_reads_it_once_it_ended(
+    tenant_a, make_agent, django_assert_num_queries
+):
+    from tests.factories import RunFactory
+
+    run = RunFactory(agent=make_agent("Sleeper", "test-sleep"))
+    assert run_services.run_claim(run=run, node_id="n1", lease_seconds=30)
+    thread = _finish_later(run, 0.3)
+    # The caller holds the run (as orchestrate() returns it): no read before the wait.
+    with django_assert_num_queries(1):
+        waited = run_services.run_wait(run, timeout=20)
+    thread.join()
+    assert waited.pk == run.pk
+    assert waited.status == RunStatus.SUCCESS and waited.output == {"late": True}
+
+
+@pytest.mark.django_db(transaction=True)
 def test_run_wait_returns_the_active_run_at_its_timeout(tenant_a, make_agent):
     from tests.factories import RunFactory
 
