@@ -562,8 +562,9 @@ def _markdown(report: dict) -> str:
         "",
         "What bounds ours: every submission of ours writes the run before it is queued "
         "(resolution from the process's definitions after a GET of their version, a "
-        "rate-limit decision in Redis, the routing read, the PENDING INSERT, then the "
-        "broker's LPUSH) where plain Celery's is the LPUSH alone, so the one submitting "
+        "rate-limit decision in Redis, the PENDING INSERT with the routing read in its "
+        "statement, then the broker's LPUSH) where plain Celery's is the LPUSH alone, so the "
+        "one submitting "
         "process sends "
         f"{b2r['ours']['submit_per_s']['median']:.0f} submissions/s against "
         f"{b2r['raw_reuse']['submit_per_s']['median']:.0f}; and every execution claims "
@@ -618,8 +619,8 @@ def _markdown(report: dict) -> str:
         ]
     lines += [
         "",
-        "Ours is a chain of blocking steps on the critical path: the submission (2 SQL "
-        "statements -- the routing read and the INSERT, committed to disk --, the GET of the "
+        "Ours is a chain of blocking steps on the critical path: the submission (one SQL "
+        "statement -- the INSERT with the routing read, committed to disk --, the GET of the "
         "definitions' version, 1 EVALSHA, the LPUSH), the worker's claim (one statement "
         "returning the run, its agent and config, committed without waiting for the disk), "
         "the circuit decision, the handler thread, the one-statement finish (committed to "

@@ -83,7 +83,7 @@ def _markdown(now: dict, before: dict, before_rev: str, command: str) -> str:
             "",
             f"{data['runs']} sync runs profiled ({data['when']}, {data['samples']} samples): "
             f"{data['wall_us_per_run_profiled']:.0f} µs per run under the profiler, "
-            f"{data['cpu_us_per_run_profiled']:.0f} µs of it CPU. "
+            f"{data['cpu_us_per_run_profiled']:.0f} µs of CPU by the process (all its threads). "
             f"{len(data['statements'])} SQL statements and {len(data['redis_commands'])} Redis "
             "commands per run:",
             "",
@@ -151,6 +151,24 @@ def _markdown(now: dict, before: dict, before_rev: str, command: str) -> str:
     return "\n".join(lines)
 
 
+# Where a profiled thread blocks, by the function it blocks in (own time).
+_WAITS = (
+    ("psycopg/connection.py", "PostgreSQL (its statements executed and committed)"),
+    ("(socket.recv_into)", "Redis and the broker (their replies)"),
+    ("(lock.acquire)", "the handler thread"),
+)
+
+
+def _waits(part: dict) -> str:
+    """The blocked time of a profiled half, from its own-time table."""
+    found = []
+    for marker, what in _WAITS:
+        us = sum(r["us_per_run"] for r in part["own_time"] if marker in r["function"])
+        if us:
+            found.append(f"{what} {us:.0f} µs ({us / part['wall_us_per_run_profiled']:.0%})")
+    return ("Waiting for " + "; for ".join(found) + ".") if found else ""
+
+
 def _async_sections(data: dict) -> list[str]:
     def table(rows: list[dict]) -> list[str]:
         out = ["| function | µs per run | share |", "| --- | ---: | ---: |"]
@@ -172,7 +190,8 @@ def _async_sections(data: dict) -> list[str]:
         part = data[key]
         lines += [
             f"**{title}**: {part['wall_us_per_run_profiled']:.0f} µs per run under the "
-            f"profiler, {part['cpu_us_per_run_profiled']:.0f} µs of it CPU.",
+            f"profiler, {part['cpu_us_per_run_profiled']:.0f} µs of CPU by the process (all "
+            f"its threads). {_waits(part)}",
             "",
             *table(part["project_inclusive"][:10]),
             "",
