@@ -32,7 +32,8 @@ import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from urllib.parse import urlsplit
+
+from bench.profile_target import bench_fixtures, migrated_database
 
 RESULTS = Path(__file__).with_name("results") / "hotpath.json"
 DEFAULT_DB = "postgres://postgres@127.0.0.1:5432/acp_bench"
@@ -50,49 +51,14 @@ def _setup_django(db_url: str, redis_url: str) -> None:
     os.environ.setdefault("SECRET_KEY", "bench-" + os.urandom(16).hex())
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
     os.environ.setdefault("LOG_LEVEL", "WARNING")
-    parts = urlsplit(db_url)
-    name = parts.path.lstrip("/")
-    admin = db_url.rsplit("/", 1)[0] + "/postgres"
-    exists = subprocess.run(
-        # The name comes from the operator's own BENCH_DATABASE_URL.
-        ["psql", admin, "-tAc", f"SELECT 1 FROM pg_database WHERE datname = '{name}'"],  # noqa: S608
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
-    if not exists:
-        subprocess.run(["psql", admin, "-c", f'CREATE DATABASE "{name}"'], check=True)
-    import django
-
-    django.setup()
-    from django.core.management import call_command
-
-    call_command("migrate", verbosity=0)
+    migrated_database(db_url)
 
 
 def _fixtures():
-    import bench.handlers  # noqa: F401  (registers the no-op handler)
-    from agents.choices import AgentStatus, Scope
-    from agents.models import Agent, AgentCapability, Organization
-    from agents.principal import Principal
+    """(organization, agent, principal) of the benchmarks, with the no-op handler."""
+    import bench.handlers  # noqa: F401  (registers the no-op handler, as the workers do)
 
-    organization, _ = Organization.objects.get_or_create(slug="bench", defaults={"name": "Bench"})
-    agent, _ = Agent.objects.get_or_create(
-        organization=organization,
-        slug="bench-agent",
-        defaults={
-            "name": "BenchAgent",
-            "handler": "bench-noop",
-            "status": AgentStatus.ACTIVE,
-            # High enough that the limiter admits every call while still deciding each one.
-            "config": {"rate_limit": {"limit": 10_000_000, "window_s": 1}},
-        },
-    )
-    AgentCapability.objects.get_or_create(agent=agent, name="bench")
-    principal = Principal(
-        organization=organization, scopes=frozenset(Scope.values), principal_key="bench"
-    )
-    return organization, agent, principal
+    return bench_fixtures()
 
 
 def _ours(n: int, principal) -> tuple[float, float, int]:

@@ -56,6 +56,12 @@ def _setup(db_url: str, redis_url: str) -> None:
         DJANGO_SETTINGS_MODULE="config.settings",
         LOG_LEVEL="WARNING",
     )
+    migrated_database(db_url)
+
+
+def migrated_database(db_url: str) -> None:
+    """Create the benchmark's database if need be, set Django up and migrate it (bench.hotpath
+    uses it too; this script imports nothing of the benchmark package)."""
     name = urlsplit(db_url).path.lstrip("/")
     admin = db_url.rsplit("/", 1)[0] + "/postgres"
     exists = subprocess.run(
@@ -75,13 +81,15 @@ def _setup(db_url: str, redis_url: str) -> None:
     call_command("migrate", verbosity=0)
 
 
-def _fixtures():
+def bench_fixtures():
+    """(organization, agent, principal) of the benchmarks (bench.hotpath uses it too)."""
     from agents.choices import AgentStatus, Scope
     from agents.handlers.base import AgentHandler
     from agents.handlers.registry import registry
     from agents.models import Agent, AgentCapability, Organization
     from agents.principal import Principal
 
+    # bench/handlers.py's handler, defined here again: an earlier revision may not have it.
     class NoopHandler(AgentHandler):
         key = "bench-noop"
 
@@ -103,13 +111,15 @@ def _fixtures():
             "name": "BenchAgent",
             "handler": "bench-noop",
             "status": AgentStatus.ACTIVE,
+            # High enough that the limiter admits every call while still deciding each one.
             "config": {"rate_limit": {"limit": 10_000_000, "window_s": 1}},
         },
     )
     AgentCapability.objects.get_or_create(agent=agent, name="bench")
-    return Principal(
+    principal = Principal(
         organization=organization, scopes=frozenset(Scope.values), principal_key="bench"
     )
+    return organization, agent, principal
 
 
 def _counted_run(run) -> tuple[list[str], list[str]]:
@@ -188,7 +198,7 @@ def main() -> int:
     sys.path[0] = tree
     os.chdir(tree)
     _setup(args.db, args.redis)
-    principal = _fixtures()
+    _, _, principal = bench_fixtures()
 
     from orchestration.services.orchestrator import OrchestrateCommand, orchestrate
 
