@@ -100,8 +100,8 @@ def header(db_url: str, redis_url: str) -> str:
             "assert wall-clock times. A section not run yet is listed as such.",
             "",
             "`make bench` runs, in order: `python -m bench.hotpath` (B1), "
-            "`python -m bench.async_runs` (B2, B3), `python -m bench.http_api` (B4), "
-            "`python -m bench.policies` (B5), `python -m bench.profile` (Profile), "
+            "`python -m bench.profile` (Profile), `python -m bench.async_runs` (B2, B3), "
+            "`python -m bench.http_api` (B4), `python -m bench.policies` (B5), "
             "then `python -m bench.report`, which writes this file.",
             "",
             "Machine and versions (read when this file was generated):",
