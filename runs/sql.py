@@ -8,7 +8,7 @@ fields' own conversions of database values (JSON).
 
 These statements run on a server-side binding cursor (prepared_cursor), so PostgreSQL plans
 each of them once per connection instead of on every run: planning cost more server time
-than executing them (DATABASE_PREPARE_THRESHOLD, docs/CONFIGURATION.md).
+than executing them (DATABASE_PREPARE_THRESHOLD, README.md).
 """
 
 from __future__ import annotations
