@@ -561,8 +561,9 @@ def _markdown(report: dict) -> str:
         f"{'met' if ours / default >= 3.5 else 'missed'}).",
         "",
         "What bounds ours: every submission of ours writes the run before it is queued "
-        "(resolution from the process's definitions after a GET of their version, a "
-        "rate-limit decision in Redis, the PENDING INSERT with the routing read in its "
+        "(resolution from the process's definitions, a rate-limit decision in Redis "
+        "pipelined with the GET of the definitions' version, the PENDING INSERT with the "
+        "routing read in its "
         "statement, then the broker's LPUSH) where plain Celery's is the LPUSH alone, so the "
         "one submitting "
         "process sends "
@@ -620,8 +621,9 @@ def _markdown(report: dict) -> str:
     lines += [
         "",
         "Ours is a chain of blocking steps on the critical path: the submission (one SQL "
-        "statement -- the INSERT with the routing read, committed to disk --, the GET of the "
-        "definitions' version, 1 EVALSHA, the LPUSH), the worker's claim (one statement "
+        "statement -- the INSERT with the routing read, committed to disk --, 1 EVALSHA "
+        "pipelined with the GET of the definitions' version, the LPUSH), the worker's claim "
+        "(one statement "
         "returning the run, its agent and config, committed without waiting for the disk), "
         "the circuit decision, the handler thread, the one-statement finish (committed to "
         "disk), the hand-over to the event-sender thread and its pipelined PUBLISH + "

@@ -160,8 +160,9 @@ def _markdown(report: dict) -> str:
         f"{report['policy_store']}.",
         "",
         "- **ours**: `orchestrate()` (sync) with a no-op handler recording 3 metrics and 1 tool "
-        "execution: resolution from the definitions the process read before (one GET of "
-        "their version), rate limit with the circuit's state (one EVALSHA), the row "
+        "execution: resolution from the definitions the process read before, rate limit "
+        "with the circuit's state and the definitions' version (one pipelined EVALSHA + "
+        "GET), the row "
         "inserted already claimed (RUNNING), the handler thread, the "
         "one-statement finish (run, metric rows, tool execution, `run.succeeded` event), "
         "the event's PUBLISH (queued to the process's event-sender thread);",
@@ -189,9 +190,10 @@ def _markdown(report: dict) -> str:
         f"Ours / pgbench rate: {report['ratio_rate_ours_vs_pgbench']:.2f}.",
         "",
         "What a run of ours does beyond the bare lifecycle: the intent resolution (from the "
-        "definitions the process read before, while the GET of their version in Redis finds "
-        "it unchanged), one policy round trip to Redis (the rate limit, which reads the "
-        "circuit's state in the same script; the success of a call admitted while the "
+        "definitions the process read before, while their version in Redis stands), one "
+        "policy round trip to Redis (the rate limit, which reads the circuit's state in the "
+        "same script, pipelined with the GET of the definitions' version; the success of a "
+        "call admitted while the "
         "circuit is steady needs no record), the hand-over to a handler thread (so a "
         "sync caller can be answered at its deadline), the tool execution and the "
         "run.succeeded event rows, the event's PUBLISH (sent by the event-sender thread, "

@@ -127,9 +127,10 @@ def _markdown(now: dict, before: dict, before_rev: str, command: str) -> str:
         "executions and the run's terminal event are one statement (data-modifying CTEs "
         "selecting from the fenced `UPDATE`); a sync run's row is inserted already claimed "
         "(no claim `UPDATE`) and committed on its own (no `BEGIN`/`COMMIT`); intent resolution "
-        "keeps the definitions the process read while their version in Redis stands (one "
-        "`GET` instead of the query); the rate-limit script reads the circuit's state, so a "
-        "sync run's circuit permit costs no round trip of its own; the event's `PUBLISH` and "
+        "keeps the definitions the process read while their version in Redis stands, read "
+        "in the rate-limit decision's round trip (no query, no round trip of its own); the "
+        "rate-limit script reads the circuit's state, so a sync run's circuit permit costs "
+        "no round trip of its own; the event's `PUBLISH` and "
         "the completion signal are sent by a thread of the process after the commit.",
         "",
     ]

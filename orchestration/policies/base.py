@@ -46,6 +46,9 @@ class RateDecision:
     # ``circuit_key`` and the circuit admits without a probe (CLOSED, FORCED_CLOSED); None:
     # not read, or in another state -- the caller asks circuit_acquire().
     circuit: CircuitPermit | None = None
+    # The agent definitions' version, read in the same round trip when rate_limit() was asked
+    # for it (``definitions_version=True``); None when not asked or not known.
+    definitions_version: int | None = None
 
 
 @dataclass(frozen=True)
@@ -94,8 +97,12 @@ class PolicyStore(Protocol):
         limit: RateLimit,
         circuit_key: str | None = None,
         circuit: CircuitSettings | None = None,
+        definitions_version: bool = False,
     ) -> RateDecision:
         """Admit one request against every key, or none (GCRA, see lua/rate_limit.lua).
+
+        ``definitions_version``: also read the definitions' version in the same round trip
+        (RateDecision.definitions_version), for a caller that used cached definitions.
 
         ``circuit_key``: also read that agent's circuit when admitting (``circuit``), for a
         call about to be made: a store may leave it None, and the caller then acquires.

@@ -78,8 +78,10 @@ class LocalPolicyStore:
         limit: RateLimit,
         circuit_key: str | None = None,
         circuit: CircuitSettings | None = None,
+        definitions_version: bool = False,
     ) -> RateDecision:
         # ``circuit_key`` is ignored: asking circuit_acquire() here costs no round trip.
+        # ``definitions_version`` too: a process-local store keeps no version (None).
         clock = self._clock()
         now = round(clock * _US)
         interval = limit.interval_us

@@ -27,6 +27,7 @@ Nothing here needs Django, so benchmarks and test subprocesses can build one dir
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -282,6 +283,7 @@ class RedisPolicyStore:
         circuit_key: str | None = None,
         circuit: CircuitSettings | None = None,
         now: float | None = None,
+        definitions_version: bool = False,
     ) -> RateDecision:
         """``now`` (epoch seconds) is for tests only; production always uses Redis TIME.
 
@@ -296,6 +298,9 @@ class RedisPolicyStore:
         does not send the call's success, which would change nothing -- the success is
         ordered at the call's admission, where the window was all successes. A failure, a
         slow call or a timeout is recorded as always.
+
+        ``definitions_version``: the GET of the definitions' version is pipelined with the
+        decision (one round trip for both): RateDecision.definitions_version.
         """
         if not keys:
             return _admitted(limit.limit, limit.limit)
@@ -307,7 +312,39 @@ class RedisPolicyStore:
             command = self._rate_command(keys, limit, circuit_key, window_size)
         if now is not None:
             command = (*command, str(_us(now)))
-        result = self._run(self._rate, command)
+        if definitions_version:
+            result, version = self._run_with_version(command)
+            decision = self._rate_decision(result, keys, limit, circuit_key)
+            return dataclasses.replace(decision, definitions_version=version)
+        return self._rate_decision(self._run(self._rate, command), keys, limit, circuit_key)
+
+    def _run_with_version(self, command: tuple) -> tuple[Any, int | None]:
+        """The decision's EVALSHA and the GET of the definitions' version, pipelined."""
+        if self._skip_until and time.monotonic() < self._skip_until:
+            return None, None
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            pipe.execute_command(*command)
+            pipe.execute_command("GET", f"{self.prefix}defs")
+            result, version = pipe.execute(raise_on_error=False)
+        except redis.RedisError as exc:
+            self._failed(exc)
+            return None, None
+        if isinstance(version, Exception):
+            version = None
+        if isinstance(result, redis.exceptions.NoScriptError):
+            # A restarted or failed-over Redis: _run loads the script and runs it again.
+            result = self._run(self._rate, command)
+        elif isinstance(result, Exception):
+            self._failed(result)
+            return None, None
+        elif not self.healthy:
+            self._recovered()
+        return result, int(version) if version is not None else None
+
+    def _rate_decision(
+        self, result: Any, keys: list[tuple[str, str]], limit: RateLimit, circuit_key
+    ) -> RateDecision:
         if isinstance(result, int):
             if circuit_key is not None:
                 return _admitted(limit.limit, result >> 2, result & 3)

@@ -31,6 +31,7 @@ from orchestration.services.resolution import (
     agent_effective_config,
     agent_resolve,
     dataset_resolve,
+    definitions_forget,
 )
 from orchestration.services.routing import nodes_from_rows, nodes_routable_query
 from runs import services as run_services
@@ -80,15 +81,33 @@ def _error_result(
     return OrchestrateResult(exc.http_status, body, headers, run)
 
 
-def orchestrate(command: OrchestrateCommand, principal: Principal) -> OrchestrateResult:
+def orchestrate(
+    command: OrchestrateCommand,
+    principal: Principal,
+    *,
+    _confirmed: bool = False,
+    _decided: tuple | None = None,
+) -> OrchestrateResult:
     organization = principal.organization
+    store = policy_store()
+    # The definitions this process keeps are used at once, their version read with the
+    # rate-limit decision (one round trip for both); should it have moved, the request
+    # starts again from definitions read afresh. Not for an idempotent request: its replay
+    # check comes before the decision.
+    unconfirmed = store.shared and not _confirmed and not command.idempotency_key
     try:
         agent = agent_resolve(
-            organization=organization, intent=command.intent, agent_ref=command.agent
+            organization=organization,
+            intent=command.intent,
+            agent_ref=command.agent,
+            unconfirmed=unconfirmed,
         )
         dataset = dataset_resolve(organization=organization, reference=command.dataset_id)
     except OrchestrationError as exc:
+        if unconfirmed:  # perhaps from definitions changed meanwhile: ask again, confirmed
+            return orchestrate(command, principal, _confirmed=True)
         return _error_result(exc, command)
+    pending_version = getattr(agent, "definitions_unconfirmed", None)
 
     fingerprint = run_services.input_hash(
         {
@@ -109,16 +128,28 @@ def orchestrate(command: OrchestrateCommand, principal: Principal) -> Orchestrat
 
     config = agent_effective_config(agent)
     policy = agent_policy_live(config)
-    decision = policy_store().rate_limit(
-        keys=[
-            ("organization", f"rl:{organization.pk}:{agent.pk}"),
-            ("principal", f"rl:{principal.key}:{agent.pk}"),
-        ],
-        limit=policy.rate_limit,
-        # A sync run calls the agent at once: read its circuit in the same round trip.
-        circuit_key=str(agent.pk) if command.mode == RunMode.SYNC else None,
-        circuit=policy.circuit,
-    )
+    decided_on = (agent.pk, policy.rate_limit, policy.circuit)
+    if _decided is not None and _decided[0] == decided_on:
+        # Decided a moment ago on definitions since moved, for the same agent and limits.
+        decision = _decided[1]
+    else:
+        decision = store.rate_limit(
+            keys=[
+                ("organization", f"rl:{organization.pk}:{agent.pk}"),
+                ("principal", f"rl:{principal.key}:{agent.pk}"),
+            ],
+            limit=policy.rate_limit,
+            # A sync run calls the agent at once: read its circuit in the same round trip.
+            circuit_key=str(agent.pk) if command.mode == RunMode.SYNC else None,
+            circuit=policy.circuit,
+            definitions_version=pending_version is not None,
+        )
+    if pending_version is not None and decision.definitions_version != pending_version:
+        # The definitions moved since this process read them (or the store cannot say):
+        # nothing was done on them but this decision. The request starts again from them;
+        # the decision stands if it was about the same agent under the same limits.
+        definitions_forget(organization.pk, command.intent)
+        return orchestrate(command, principal, _confirmed=True, _decided=(decided_on, decision))
     if not decision.allowed:
         metrics.rate_limit_observe(organization=organization, agent=agent, scope=decision.scope)
         if getattr(decision, "sample_event", False):

@@ -42,15 +42,16 @@ def _servers_sql() -> str:
 
 # Definitions change rarely and every request reads them, so each process keeps the rows
 # the query below returned, per (organization, intent), and uses them again while the
-# definitions' version in the shared policy store is the one they were read at: one GET
-# instead of the query. Every change of an agent, its intents or its config rows moves the
-# version (agents.signals.definitions_changed -> definitions_invalidate), at once and again
-# once committed, so another process reads afresh on its next request. The version is read
-# before the query, so rows read before a change never pass for rows read after it; rows
-# are kept AGENT_RESOLUTION_CACHE_SECONDS at most, a bound should a version move be lost
-# (Redis unreachable at that moment). Only with a shared (Redis) store: a process-local
-# store cannot hear other processes' changes. Raw rows are kept (the JSON still text), so
-# every request builds its own instances and no run can alter another's.
+# definitions' version in the shared policy store is the one they were read at: no query,
+# and the version is read with the request's rate-limit decision (orchestrate, unconfirmed
+# rows below) or by a GET of its own. Every change of an agent, its intents or its config
+# rows moves the version (agents.signals.definitions_changed -> definitions_invalidate), at
+# once and again once committed, so another process reads afresh on its next request. The
+# version is read before the query, so rows read before a change never pass for rows read
+# after it; rows are kept AGENT_RESOLUTION_CACHE_SECONDS at most, a bound should a version
+# move be lost (Redis unreachable at that moment). Only with a shared (Redis) store: a
+# process-local store cannot hear other processes' changes. Raw rows are kept (the JSON
+# still text), so every request builds its own instances and no run can alter another's.
 _rows_cache: dict[tuple, tuple[int, float, list[tuple]]] = {}
 _ROWS_CACHE_MAX = 10_000
 
@@ -66,15 +67,25 @@ def definitions_invalidate(**_) -> None:
         transaction.on_commit(store.definitions_bump)
 
 
-def _server_rows(organization_id, intent: str) -> list[tuple]:
+def _server_rows(organization_id, intent: str, *, unconfirmed: bool = False):
+    """(rows, the version they were read at if the caller must still confirm it, else None).
+
+    ``unconfirmed``: rows this process keeps for the pair (within the TTL) are returned
+    without reading the definitions' version first: the caller confirms it in a round
+    trip of its own (orchestrate: with the rate-limit decision) and resolves again if it
+    moved."""
     ttl = settings.AGENT_RESOLUTION_CACHE_SECONDS
     store = policy_store() if ttl > 0 else None
+    if unconfirmed and store is not None and store.shared:
+        entry = _rows_cache.get((organization_id, intent))
+        if entry is not None and time.monotonic() - entry[1] < ttl:
+            return entry[2], entry[0]
     version = store.definitions_version() if store is not None and store.shared else None
     if version is not None:
         entry = _rows_cache.get((organization_id, intent))
         now = time.monotonic()
         if entry is not None and entry[0] == version and now - entry[1] < ttl:
-            return entry[2]
+            return entry[2], None
     with prepared_cursor() as cursor:
         cursor.execute(_servers_sql(), [organization_id, intent])
         rows = cursor.fetchall()
@@ -82,14 +93,20 @@ def _server_rows(organization_id, intent: str) -> list[tuple]:
         if len(_rows_cache) >= _ROWS_CACHE_MAX:
             _rows_cache.clear()
         _rows_cache[(organization_id, intent)] = (version, now, rows)
-    return rows
+    return rows, None
 
 
-def _servers(organization, intent: str) -> list[Agent]:
+def definitions_forget(organization_id, intent: str) -> None:
+    """Drop this process's rows for the pair (their version moved): read them again."""
+    _rows_cache.pop((organization_id, intent), None)
+
+
+def _servers(organization, intent: str, *, unconfirmed: bool = False):
     """Every agent of the organization that declares this intent, any status, with its
     config rows: one query, or none (_rows_cache). On PostgreSQL a raw query (the config
     rows aggregated into one JSON column) rather than the ORM's join plus prefetch, which
-    cost most of a run's CPU."""
+    cost most of a run's CPU. With the version the rows must still be confirmed at
+    (_server_rows), or None."""
     if connection.vendor != "postgresql":
         return [
             capability.agent
@@ -98,20 +115,30 @@ def _servers(organization, intent: str) -> list[Agent]:
             )
             .select_related("agent")
             .prefetch_related("agent__config_entries")
-        ]
+        ], None
     # The rows become models directly (runs.sql): Agent.objects.raw()
     # costs several times more per call for the same instances.
-    rows = _server_rows(organization.pk, intent)
+    rows, version = _server_rows(organization.pk, intent, unconfirmed=unconfirmed)
     agents = []
     for row in rows:
         agent = row_instance(Agent, row)
         agent.config_rows = json_object(row[-1])
         agents.append(agent)
-    return agents
+    return agents, version
 
 
-def agent_resolve(*, organization, intent: str, agent_ref: str | None) -> Agent:
-    servers = _servers(organization, intent)
+def agent_resolve(
+    *, organization, intent: str, agent_ref: str | None, unconfirmed: bool = False
+) -> Agent:
+    """The agent that serves the request, or OrchestrationError.
+
+    ``unconfirmed``: from this process's rows without reading the definitions' version
+    first (_server_rows); the agent's ``definitions_unconfirmed`` is then the version its
+    rows were read at, which the caller must find unchanged in the store before acting on
+    the answer (None: confirmed already). An error found from such rows is not final
+    either: the caller resolves again, confirmed.
+    """
+    servers, version = _servers(organization, intent, unconfirmed=unconfirmed)
     active = [a for a in servers if a.status == AgentStatus.ACTIVE]
 
     if agent_ref:
@@ -160,6 +187,7 @@ def agent_resolve(*, organization, intent: str, agent_ref: str | None) -> Agent:
             + (f" (handler {agent.handler!r} is unknown)." if agent.handler else "."),
             agent=agent.name,
         )
+    agent.definitions_unconfirmed = version
     return agent
 
 

@@ -81,6 +81,47 @@ def test_another_process_change_is_seen_once_it_moves_the_version(
         assert_disabled(post(tenant_a))
 
 
+def test_kept_definitions_cost_no_round_trip_of_their_own(
+    sleeper, tenant_a, redis_policies, monkeypatch
+):
+    """Their version is read in the rate-limit decision's round trip (one pipeline)."""
+    import redis.client
+
+    sent: list[str] = []
+    execute, pipeline = redis.client.Redis.execute_command, redis.client.Pipeline.execute
+    pool = redis_policies.client.connection_pool
+
+    def counting_execute(self, *args, **kwargs):
+        if self.connection_pool is pool:
+            sent.append(" ".join(str(a) for a in args[:2]))
+        return execute(self, *args, **kwargs)
+
+    def counting_pipeline(self, *args, **kwargs):
+        if self.connection_pool is pool:
+            sent.append("pipeline(" + " ".join(str(c[0][0]) for c in self.command_stack) + ")")
+        return pipeline(self, *args, **kwargs)
+
+    monkeypatch.setattr(redis.client.Redis, "execute_command", counting_execute)
+    monkeypatch.setattr(redis.client.Pipeline, "execute", counting_pipeline)
+    assert post(tenant_a).status_code == 200
+    # Then, perhaps, the call's outcome (circuit_record) while its window fills.
+    assert sent[0] == "pipeline(EVALSHA GET)", sent
+    assert not [c for c in sent if c.startswith("GET")], sent
+
+
+def test_a_moved_version_does_not_charge_the_rate_limit_twice(sleeper, tenant_a, redis_policies):
+    AgentConfig.objects.create(agent=sleeper, key="rate_limit", value={"limit": 2, "window_s": 60})
+    redis_policies.client.delete(*redis_policies.client.keys(f"{redis_policies.prefix}tat:*"))
+    assert post(tenant_a).status_code == 200  # definitions read afresh (the change above)
+    # Another process moves the version: this request was decided on the kept definitions,
+    # then resolved again; same agent, same limits, so that one decision stands.
+    policy_store().definitions_bump()
+    assert post(tenant_a).status_code == 200
+    response = post(tenant_a)
+    assert response.status_code == 429
+    assert response.json()["error"]["code"] == "RATE_LIMITED"
+
+
 def test_definitions_are_kept_no_longer_than_the_setting(sleeper, tenant_a, settings):
     Agent.objects.filter(pk=sleeper.pk).update(status=AgentStatus.PAUSED)
     settings.AGENT_RESOLUTION_CACHE_SECONDS = 0
