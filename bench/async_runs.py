@@ -17,7 +17,7 @@ The three alternate, ``--reps`` times.
 B3: ``--latency-runs`` sequential runs, from submission to the caller holding the terminal
 state, p50 / p99, alternating run by run between:
 - ours: orchestrate(async) then runs.services.run_wait() given the run orchestrate()
-  returned (woken by the completion signal pushed over Redis, then one read of the row);
+  returned (woken by the completion signal pushed over Redis, which carries the ended row);
 - raw Celery + django-celery-results (connection reuse on): AsyncResult.get() with 5 ms
   polling, and with its default 0.5 s polling (``--default-get-runs`` of them, as each
   costs about half a second);
@@ -376,8 +376,8 @@ def _breakdown(instants: list[tuple]) -> dict:
     worker's hand-over to a pool process, until the claim's started_at, taken just before
     the claim statement), the execution (the claim statement, the circuit, the handler,
     until completed_at, taken just before the finish statement) and the way back (the
-    finish statement and its commit, the completion signal, the waiter's wake-up and its
-    read of the row). Medians (ms) of each segment."""
+    finish statement and its commit, the completion signal, the waiter's wake-up and the
+    run built from the signal). Medians (ms) of each segment."""
     from runs.models import AgentRun
 
     rows = dict(
@@ -584,7 +584,8 @@ def _markdown(report: dict) -> str:
         "",
         f"Command: `{report['command']}`. Sequential runs, alternating run by run; ours waits "
         "with `runs.services.run_wait()`, given the run `orchestrate()` returned (woken by "
-        "the completion signal pushed over Redis after commit, then one read of the row).",
+        "the completion signal pushed over Redis after commit, which carries the ended row: "
+        "no read).",
         "",
         "| variant | runs | p50 ms | p99 ms | min ms | max ms |",
         "| --- | --- | --- | --- | --- | --- |",
@@ -626,8 +627,8 @@ def _markdown(report: dict) -> str:
         "(one statement "
         "returning the run, its agent and config, committed without waiting for the disk), "
         "the circuit decision, the handler thread, the one-statement finish (committed to "
-        "disk), the hand-over to the event-sender thread and its pipelined PUBLISH + "
-        "completion push, the waiter's wake-up and its read of the row; the baseline's is "
+        "disk), its pipelined completion push + PUBLISH from the same thread, the waiter's "
+        "wake-up and the run built from the row the signal carries; the baseline's is "
         "the LPUSH, the no-op, the result row and the poll that finds it. The run's "
         "statements are prepared (planned once per connection); what remains of each step "
         "is in the Profile section.",

@@ -131,7 +131,9 @@ def _markdown(now: dict, before: dict, before_rev: str, command: str) -> str:
         "in the rate-limit decision's round trip (no query, no round trip of its own); the "
         "rate-limit script reads the circuit's state, so a sync run's circuit permit costs "
         "no round trip of its own; the event's `PUBLISH` and "
-        "the completion signal are sent by a thread of the process after the commit.",
+        "the completion signal are sent by a thread of the process after the commit (an "
+        "async run's by the worker's own thread, its signal carrying the ended row, so a "
+        "waiter does not read it).",
         "",
     ]
     if remaining:

@@ -15,6 +15,7 @@ from typing import Any
 
 from django.conf import settings
 from django.core.cache import cache
+from django.core.exceptions import ValidationError
 from django.db import connections, models, router, transaction
 from django.utils import timezone
 
@@ -500,11 +501,15 @@ def run_cancel(*, run: AgentRun) -> AgentRun:
 
 # --- waiting for a run to end ------------------------------------------------------------
 
-# When a run's terminal event is broadcast (orchestration.bus, after commit), the run's
-# status is pushed onto this Redis list; it lives RUN_DONE_TTL_S. Waiters read it with a
+# When a run's terminal event is broadcast (orchestration.bus, after commit), its completion
+# signal is pushed onto this Redis list; it lives RUN_DONE_TTL_S. Waiters read it with a
 # blocking, non-destructive BLMOVE (the list rotates onto itself), so any number of them
-# wake on the one push.
+# wake on the one push. The signal is the run's row as the finishing statement wrote it
+# (PostgreSQL's row_to_json, read back by that statement), so a waiter holds the ended run
+# without reading it; a row larger than RUN_DONE_SIGNAL_MAX_BYTES (a big output), or a run
+# ended otherwise (SQLite, the reaper), pushes its status alone and the waiter reads the row.
 RUN_DONE_TTL_S = 3600
+RUN_DONE_SIGNAL_MAX_BYTES = 64 * 1024
 # A run that ends without the push (the reaper ends lost runs) is still seen: the waiter
 # re-reads the row at least this often.
 RUN_WAIT_RECHECK_S = 2.0
@@ -550,18 +555,48 @@ def _run_read(run_id) -> AgentRun | None:
     return runs[0] if runs else None
 
 
+def _run_from_signal(value: bytes, run_id, held: AgentRun | None) -> AgentRun | None:
+    """The ended run a completion signal carries (its row as JSON), or None when the signal
+    is a bare status or not this run's ended row (the caller reads the row then). The
+    agent and organization the caller's instance holds are kept on the new one."""
+    if not value.startswith(b"{"):
+        return None
+    try:
+        data = json.loads(value)
+        if data.get("id") != str(run_id):
+            return None
+        _, names, _ = model_columns(AgentRun)
+        values = [field.to_python(data[field.column]) for field in AgentRun._meta.concrete_fields]
+    except (ValueError, KeyError, TypeError, ValidationError):
+        return None
+    run = AgentRun.from_db(router.db_for_read(AgentRun), names, values)
+    if not run.is_terminal:
+        return None
+    if held is not None:
+        for name in ("agent", "organization"):
+            field = AgentRun._meta.get_field(name)
+            same = getattr(held, field.attname) == getattr(run, field.attname)
+            if same and field.is_cached(held):
+                field.set_cached_value(run, field.get_cached_value(held))
+    return run
+
+
 def run_wait(run_id, timeout: float) -> AgentRun | None:
     """Block until the run is terminal or ``timeout`` seconds pass; return the run as it is.
 
     ``run_id``: the run's id, or the run itself as the caller holds it (the one
-    orchestrate() returned): then it is not read before the wait, only once it ended.
-    With Redis the wake-up is pushed (no polling): the finishing process pushes onto the
-    run's done key once its outcome is committed. Embedded (no REDIS_URL): the row is polled
-    with a growing interval (5 ms up to 200 ms). None if the run does not exist.
+    orchestrate() returned): then it is not read before the wait.
+    With Redis the wake-up is pushed (no polling): the finishing process pushes the run's
+    completion signal onto its done key once its outcome is committed, and the run is built
+    from it (its row, as written) or, for a bare status, read once. Embedded (no REDIS_URL):
+    the row is polled with a growing interval (5 ms up to 200 ms). None if the run does not
+    exist.
     """
     deadline = time.monotonic() + max(0.0, timeout)
+    held = None
     if isinstance(run_id, AgentRun):
-        run, run_id = run_id, run_id.pk
+        held = run = run_id
+        run_id = run.pk
     else:
         try:
             run = _run_read(run_id)
@@ -569,6 +604,7 @@ def run_wait(run_id, timeout: float) -> AgentRun | None:
             return None  # not a run id
     if run is None or run.is_terminal:
         return run
+    run_id = run.pk
     if not settings.REDIS_URL:
         interval = 0.005
         while time.monotonic() < deadline:
@@ -592,6 +628,9 @@ def run_wait(run_id, timeout: float) -> AgentRun | None:
         except Exception:  # Redis unavailable: fall back on the row
             pushed = None
             time.sleep(min(0.2, max(0.0, remaining)))
+        ended = _run_from_signal(pushed, run_id, held) if pushed is not None else None
+        if ended is not None:
+            return ended
         run = _run_read(run_id) or run
         if run.is_terminal or pushed is not None:
             return run

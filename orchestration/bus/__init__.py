@@ -30,7 +30,7 @@ from django.db import DatabaseError, connections, router, transaction
 from orchestration.choices import EventType
 from orchestration.models import OrchestratorEvent
 from runs import services as run_services
-from runs.choices import RunStatus
+from runs.choices import RunMode, RunStatus
 from runs.models import AgentRun
 from runs.recorder import RunRecords, record_ctes, record_tools_repair, recording_flush
 from runs.sql import prepared_cursor
@@ -88,7 +88,12 @@ def local_unlisten(callback: Callable[[dict], None]) -> None:
             _local_listeners.remove(callback)
 
 
-def _broadcast(event: OrchestratorEvent | dict) -> None:
+def _broadcast(
+    event: OrchestratorEvent | dict, *, done: str | None = None, now: bool = False
+) -> None:
+    """Send a committed event live. ``done``: a terminal run event's completion signal (the
+    run's row as JSON, runs.services.run_done_signal). ``now``: sent by this thread before
+    it returns rather than by the sender thread (a waiter is expected: an async run)."""
     wire = event if isinstance(event, dict) else event_wire(event)
     client = _redis_client()
     if client is None:
@@ -100,7 +105,7 @@ def _broadcast(event: OrchestratorEvent | dict) -> None:
             except Exception:  # a broken subscriber must not break the publisher
                 logger.exception("event %s: local listener failed", wire["id"])
         return
-    _sender.submit(wire)
+    _sender.submit((wire, done), now=now)
 
 
 class _Sender:
@@ -112,6 +117,11 @@ class _Sender:
     refuses is logged and dropped, and the queue is bounded: while Redis is unreachable the
     newest events beyond MAX_QUEUED are dropped rather than kept in memory. flush() waits
     until what was queued has been sent (shutdown, tests); it runs at interpreter exit too.
+
+    ``submit(now=True)`` (an async run's terminal event, whose caller may be waiting on its
+    completion signal) sends from the submitting thread when nothing is queued or being
+    sent -- the hand-over to the sender thread cost the waiter more than the round trip --
+    and queues otherwise, so events still reach Redis in commit order.
     """
 
     MAX_QUEUED = 10_000
@@ -119,12 +129,13 @@ class _Sender:
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
-        self._queued: list[dict] = []
+        # (wire, completion signal or None), in commit order.
+        self._queued: list[tuple[dict, str | None]] = []
         self._sending = False
         self._pid: int | None = None
         self.dropped = 0
 
-    def submit(self, wire: dict) -> None:
+    def submit(self, item: tuple[dict, str | None], *, now: bool = False) -> None:
         with self._cond:
             if self._pid != os.getpid():
                 # First use in this process (a forked worker child starts afresh).
@@ -135,10 +146,19 @@ class _Sender:
                 broadcast_dropped += 1
                 self.dropped += 1
                 if self.dropped % 1000 == 1:
-                    logger.warning("event %s not broadcast: the send queue is full", wire["id"])
+                    logger.warning("event %s not broadcast: the send queue is full", item[0]["id"])
                 return
-            self._queued.append(wire)
-            self._cond.notify_all()
+            if not (now and not self._queued and not self._sending):
+                self._queued.append(item)
+                self._cond.notify_all()
+                return
+            self._sending = True
+        try:
+            _send([item])
+        finally:
+            with self._cond:
+                self._sending = False
+                self._cond.notify_all()
 
     def flush(self, timeout: float = 5.0) -> bool:
         """Wait until every queued event has been sent (or dropped); False on timeout."""
@@ -156,7 +176,8 @@ class _Sender:
     def _loop(self) -> None:
         while True:
             with self._cond:
-                while not self._queued:
+                # Not while another thread sends (submit(now=True)): commit order holds.
+                while not self._queued or self._sending:
                     self._cond.wait()
                 batch = self._queued[: self.MAX_BATCH]
                 del self._queued[: self.MAX_BATCH]
@@ -169,23 +190,26 @@ class _Sender:
                     self._cond.notify_all()
 
 
-def _send(batch: list[dict]) -> None:
+def _send(batch: list[tuple[dict, str | None]]) -> None:
     """One pipeline: every event's PUBLISH, and a terminal run event's completion signal."""
     client = _redis_client()
     try:
         pipe = client.pipeline(transaction=False)
-        for wire in batch:
-            pipe.publish(settings.EVENTS_CHANNEL, json.dumps(wire, default=str))
+        for wire, done in batch:
             if wire["type"] in TERMINAL_RUN_EVENTS:
-                # The run's completion signal (run_wait), in the same round trip.
+                # The run's completion signal (run_wait), in the same round trip: the run's
+                # row, or its status alone (the waiter then reads the row).
                 key = run_services.run_done_key(wire["run"])
-                pipe.rpush(key, wire["payload"].get("status") or "")
+                pipe.rpush(key, done or wire["payload"].get("status") or "")
                 pipe.expire(key, run_services.RUN_DONE_TTL_S)
+            pipe.publish(settings.EVENTS_CHANNEL, json.dumps(wire, default=str))
         pipe.execute()
     except Exception as exc:  # the row is the source of truth; live delivery is best effort
         global broadcast_dropped
         broadcast_dropped += len(batch)
-        logger.warning("%d event(s) not broadcast (first %s): %s", len(batch), batch[0]["id"], exc)
+        logger.warning(
+            "%d event(s) not broadcast (first %s): %s", len(batch), batch[0][0]["id"], exc
+        )
 
 
 _sender = _Sender()
@@ -236,13 +260,17 @@ TERMINAL_RUN_EVENTS = {
 }
 _EVENT_FOR_STATUS = {status: type for type, status in TERMINAL_RUN_EVENTS.items()}
 
+# The last column is the run's row as the UPDATE left it, as JSON, when it is small enough
+# to travel in the completion signal (runs.services.run_done_signal); NULL otherwise.
 _TERMINAL_SQL = (
-    "WITH u AS ({update} RETURNING organization_id, agent_id, id, node_id){records}, "
+    "WITH u AS ({update} RETURNING *){records}, "
     "e AS (INSERT INTO orchestrator_events "
     "(type, organization_id, agent_id, run_id, node_id, payload, created_at) "
     "SELECT %s, u.organization_id, u.agent_id, u.id, u.node_id, %s::jsonb, %s FROM u "
     "RETURNING id, node_id) "
-    "SELECT e.id, e.node_id, {tools} FROM e"
+    "SELECT e.id, e.node_id, {tools}, "
+    "(SELECT CASE WHEN octet_length(r.j) <= {done_max} THEN r.j END"
+    " FROM (SELECT row_to_json(u)::text AS j FROM u) AS r) FROM e"
 )
 
 
@@ -323,6 +351,7 @@ def run_terminal_write(
             if ctes and ctes.tool_clause
             else "0"
         ),
+        done_max=int(run_services.RUN_DONE_SIGNAL_MAX_BYTES),
     )
     params = (*update_params, *(ctes.params if ctes else ()), type, _dumps(event), now)
     with prepared_cursor(connection) as cursor:
@@ -331,7 +360,9 @@ def run_terminal_write(
     if rows and ctes and ctes.tool_clause and rows[0][2] < len(ctes.tool_calls):
         # A tool was deleted since this process last saw it: recreate it, write its calls.
         record_tools_repair(run=run, records=records)
-    for event_id, node_id, _ in rows:
+    # An async run's caller may be waiting for it (run_wait): its signal is sent at once.
+    now_send = (run.meta or {}).get("mode") == RunMode.ASYNC
+    for event_id, node_id, _, done in rows:
         wire = {
             "id": event_id,
             "type": type,
@@ -342,7 +373,9 @@ def run_terminal_write(
             "payload": event,
             "createdAt": now.isoformat(),
         }
-        transaction.on_commit(lambda wire=wire: _broadcast(wire), using=alias)
+        transaction.on_commit(
+            lambda wire=wire, done=done: _broadcast(wire, done=done, now=now_send), using=alias
+        )
     return len(rows)
 
 

@@ -268,11 +268,11 @@ def test_the_send_queue_is_bounded(monkeypatch):
 
     def slow_send(batch):
         gate.wait(5)
-        sent.append([wire["id"] for wire in batch])
+        sent.append([wire["id"] for wire, _ in batch])
 
     monkeypatch.setattr(bus, "_send", slow_send)
     for n in range(10):
-        sender.submit({"id": n, "type": EventType.AGENT_MESSAGE})
+        sender.submit(({"id": n, "type": EventType.AGENT_MESSAGE}, None))
     gate.set()
     assert sender.flush(5.0)
     delivered = [event_id for batch in sent for event_id in batch]

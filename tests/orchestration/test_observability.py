@@ -159,7 +159,9 @@ class TestScrape:
         """A batch Redis refuses is dropped from live delivery, and counted."""
         before = value(scrape(client), "acp_event_broadcasts_dropped_total")
         monkeypatch.setattr(bus, "_redis_client", lambda: None)  # no client: the send fails
-        bus._send([{"id": 1, "type": EventType.CONFIG_UPDATED}, {"id": 2, "type": "x"}])
+        bus._send(
+            [({"id": 1, "type": EventType.CONFIG_UPDATED}, None), ({"id": 2, "type": "x"}, None)]
+        )
         monkeypatch.undo()
         assert value(scrape(client), "acp_event_broadcasts_dropped_total") - before == 2
 

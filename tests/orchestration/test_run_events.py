@@ -82,10 +82,12 @@ def test_a_sync_run_publishes_one_succeeded_event(
     (wire,) = subscriber(run.pk)
     assert (wire["id"], wire["type"], wire["payload"]) == (event.pk, event.type, event.payload)
     assert wire["node"] == run.node_id and wire["agent"] == str(agent.pk)
-    # The completion signal went out with it.
-    assert redis.Redis.from_url(settings.REDIS_URL).lrange(
+    # The completion signal went out with it: the run's row as the finish wrote it.
+    (signal,) = redis.Redis.from_url(settings.REDIS_URL).lrange(
         run_services.run_done_key(run.pk), 0, -1
-    ) == [b"SUCCESS"]
+    )
+    row = json.loads(signal)
+    assert (row["id"], row["status"], row["attempt"]) == (str(run.pk), "SUCCESS", 1)
 
 
 @pytest.mark.django_db
@@ -228,15 +230,16 @@ def _finish_later(run: AgentRun, delay_s: float) -> threading.Thread:
 
 @pytest.mark.django_db(transaction=True)
 def test_run_wait_is_woken_by_the_push_not_by_polling(
-    tenant_a, make_agent, django_assert_max_num_queries
+    tenant_a, make_agent, django_assert_num_queries
 ):
     from tests.factories import RunFactory
 
     run = RunFactory(agent=make_agent("Sleeper", "test-sleep"))
     assert run_services.run_claim(run=run, node_id="n1", lease_seconds=30)
     thread = _finish_later(run, 0.3)
-    # One read before blocking, one after the wake-up: nothing polls the row meanwhile.
-    with django_assert_max_num_queries(2):
+    # One read before blocking, none after the wake-up (the signal carries the ended row):
+    # nothing polls the row meanwhile.
+    with django_assert_num_queries(1):
         waited = run_services.run_wait(run.pk, timeout=20)
     thread.join()
     assert waited.status == RunStatus.SUCCESS
@@ -245,21 +248,109 @@ def test_run_wait_is_woken_by_the_push_not_by_polling(
     assert run_services.run_wait(run.pk, timeout=0).status == RunStatus.SUCCESS
 
 
+def _fields(run: AgentRun) -> dict:
+    return {f.attname: getattr(run, f.attname) for f in AgentRun._meta.concrete_fields}
+
+
 @pytest.mark.django_db(transaction=True)
-def test_run_wait_given_the_run_reads_it_once_it_ended(
+def test_run_wait_given_the_run_holds_the_ended_row_without_reading_it(
     tenant_a, make_agent, django_assert_num_queries
 ):
     from tests.factories import RunFactory
 
-    run = RunFactory(agent=make_agent("Sleeper", "test-sleep"))
+    run = RunFactory(
+        agent=make_agent("Sleeper", "test-sleep"),
+        input={"text": "x", "nested": {"n": [1, 2.5, None]}},
+        meta={"mode": "async", "context": {"k": "v"}},
+    )
     assert run_services.run_claim(run=run, node_id="n1", lease_seconds=30)
     thread = _finish_later(run, 0.3)
-    # The caller holds the run (as orchestrate() returns it): no read before the wait.
+    # The caller holds the run (as orchestrate() returns it): no read before the wait, and
+    # the completion signal carries the row the finish wrote: no read after it either.
+    with django_assert_num_queries(0):
+        waited = run_services.run_wait(run, timeout=20)
+        # The agent and organization the caller's instance held are kept.
+        assert waited.agent.pk == run.agent_id and waited.organization.pk == run.organization_id
+    thread.join()
+    assert waited is not run and waited.status == RunStatus.SUCCESS
+    assert waited.output == {"late": True}
+    # Field for field the row in the database, as the ORM reads it.
+    assert _fields(waited) == _fields(AgentRun.objects.get(pk=run.pk))
+    assert waited._state.adding is False and waited._state.db == "default"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_row_too_big_for_the_signal_is_read_once(
+    tenant_a, make_agent, monkeypatch, django_assert_num_queries
+):
+    """An output past RUN_DONE_SIGNAL_MAX_BYTES: the signal is the status, the row is read."""
+    from tests.factories import RunFactory
+
+    monkeypatch.setattr(run_services, "RUN_DONE_SIGNAL_MAX_BYTES", 200)
+    run = RunFactory(agent=make_agent("Sleeper", "test-sleep"), meta={"mode": "async"})
+    assert run_services.run_claim(run=run, node_id="n1", lease_seconds=30)
+    thread = _finish_later(run, 0.3)
     with django_assert_num_queries(1):
         waited = run_services.run_wait(run, timeout=20)
     thread.join()
-    assert waited.pk == run.pk
-    assert waited.status == RunStatus.SUCCESS and waited.output == {"late": True}
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    assert client.lrange(run_services.run_done_key(run.pk), 0, -1) == [b"SUCCESS"]
+    assert _fields(waited) == _fields(AgentRun.objects.get(pk=run.pk))
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_async_run_s_signal_is_sent_before_its_finish_returns(tenant_a, make_agent):
+    """No hand-over to the sender thread for an async run's end: once run_finish returned,
+    the signal is in Redis (a sync run's may still be queued)."""
+    from tests.factories import RunFactory
+
+    run = RunFactory(agent=make_agent("Sleeper", "test-sleep"), meta={"mode": "async"})
+    assert run_services.run_claim(run=run, node_id="n1", lease_seconds=30)
+    assert run_services.run_finish(
+        run=run,
+        outcome=run_services.RunOutcome(status=RunStatus.SUCCESS, output={"n": 1}),
+        metrics={},
+        meta={"mode": "async"},
+    )
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    (signal,) = client.lrange(run_services.run_done_key(run.pk), 0, -1)
+    row = json.loads(signal)
+    assert row["id"] == str(run.pk) and row["status"] == RunStatus.SUCCESS
+    assert row["output"] == {"n": 1}
+
+
+def test_a_bare_status_signal_is_not_taken_for_the_run():
+    """What an earlier release pushes (the status alone), or another run's row, is no run:
+    run_wait reads the row then."""
+    run_id = "0195a4a4-0000-7000-8000-000000000001"
+    assert run_services._run_from_signal(b"SUCCESS", run_id, None) is None
+    assert run_services._run_from_signal(b'{"id": "other"}', run_id, None) is None
+    assert run_services._run_from_signal(b"{not json", run_id, None) is None
+    assert run_services._run_from_signal(b'{"id": "%s"}' % run_id.encode(), run_id, None) is None
+
+
+def test_events_queued_before_an_immediate_send_go_first(monkeypatch):
+    """submit(now=True) sends from the caller's thread only when nothing waits before it."""
+    from orchestration import bus
+
+    sent: list[tuple[list, str]] = []
+    release = threading.Event()
+
+    def recording_send(batch):
+        sent.append(([wire["id"] for wire, _ in batch], threading.current_thread().name))
+        release.wait(5)
+
+    monkeypatch.setattr(bus, "_send", recording_send)
+    sender = bus._Sender()
+    sender.submit(({"id": 1}, None))  # the sender thread takes it and is held in _send
+    sender.submit(({"id": 2}, None))
+    sender.submit(({"id": 3}, "row"), now=True)  # queued behind them: not sent here
+    release.set()
+    assert sender.flush(5)
+    assert [ids for ids, _ in sent] in ([[1], [2, 3]], [[1, 2, 3]])
+    assert {thread for _, thread in sent} == {"event-sender"}
+    sender.submit(({"id": 4}, "row"), now=True)  # nothing waits: sent by this thread
+    assert sent[-1] == ([4], threading.current_thread().name)
 
 
 @pytest.mark.django_db(transaction=True)
