@@ -121,11 +121,14 @@ class _Sender:
     ``submit(now=True)`` (an async run's terminal event, whose caller may be waiting on its
     completion signal) sends from the submitting thread when nothing is queued or being
     sent -- the hand-over to the sender thread cost the waiter more than the round trip --
-    and queues otherwise, so events still reach Redis in commit order.
+    and queues otherwise, so events still reach Redis in commit order. Once such a send
+    failed (Redis down or hung: up to its socket timeout), the next INLINE_BACKOFF_S of them
+    are queued, so an outage stalls the sender thread, not the run's own.
     """
 
     MAX_QUEUED = 10_000
     MAX_BATCH = 500
+    INLINE_BACKOFF_S = 1.0
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
@@ -133,6 +136,7 @@ class _Sender:
         self._queued: list[tuple[dict, str | None]] = []
         self._sending = False
         self._pid: int | None = None
+        self._inline_after = 0.0
         self.dropped = 0
 
     def submit(self, item: tuple[dict, str | None], *, now: bool = False) -> None:
@@ -148,13 +152,15 @@ class _Sender:
                 if self.dropped % 1000 == 1:
                     logger.warning("event %s not broadcast: the send queue is full", item[0]["id"])
                 return
-            if not (now and not self._queued and not self._sending):
+            inline = now and not self._queued and not self._sending
+            if not inline or time.monotonic() < self._inline_after:
                 self._queued.append(item)
                 self._cond.notify_all()
                 return
             self._sending = True
         try:
-            _send([item])
+            if not _send([item]):
+                self._inline_after = time.monotonic() + self.INLINE_BACKOFF_S
         finally:
             with self._cond:
                 self._sending = False
@@ -190,8 +196,9 @@ class _Sender:
                     self._cond.notify_all()
 
 
-def _send(batch: list[tuple[dict, str | None]]) -> None:
-    """One pipeline: every event's PUBLISH, and a terminal run event's completion signal."""
+def _send(batch: list[tuple[dict, str | None]]) -> bool:
+    """One pipeline: every event's PUBLISH, and a terminal run event's completion signal.
+    False when Redis refused it (the batch is dropped, counted)."""
     client = _redis_client()
     try:
         pipe = client.pipeline(transaction=False)
@@ -210,6 +217,8 @@ def _send(batch: list[tuple[dict, str | None]]) -> None:
         logger.warning(
             "%d event(s) not broadcast (first %s): %s", len(batch), batch[0][0]["id"], exc
         )
+        return False
+    return True
 
 
 _sender = _Sender()

@@ -353,6 +353,26 @@ def test_events_queued_before_an_immediate_send_go_first(monkeypatch):
     assert sent[-1] == ([4], threading.current_thread().name)
 
 
+def test_a_failed_immediate_send_leaves_the_next_ones_to_the_sender_thread(monkeypatch):
+    """Redis down or hung: the run's own thread pays for one failed send, not for each."""
+    from orchestration import bus
+
+    sent: list[tuple[int, str]] = []
+    monkeypatch.setattr(
+        bus,
+        "_send",
+        lambda batch: sent.append((batch[0][0]["id"], threading.current_thread().name)),
+    )  # returns None: refused
+    sender = bus._Sender()
+    sender.submit(({"id": 1}, "row"), now=True)
+    sender.submit(({"id": 2}, "row"), now=True)
+    assert sender.flush(5)
+    assert sent == [(1, threading.current_thread().name), (2, "event-sender")]
+    monkeypatch.setattr(sender, "_inline_after", 0.0)  # the back-off is over
+    sender.submit(({"id": 3}, "row"), now=True)
+    assert sent[-1] == (3, threading.current_thread().name)
+
+
 @pytest.mark.django_db(transaction=True)
 def test_run_wait_returns_the_active_run_at_its_timeout(tenant_a, make_agent):
     from tests.factories import RunFactory
