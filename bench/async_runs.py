@@ -12,7 +12,8 @@ the last completion, runs/s:
 - raw Celery + django-celery-results, a no-op task whose result row Celery stores, with
   Celery's default (the worker closes its database connection around every task) and with
   connection reuse (CELERY_DB_REUSE_MAX).
-The three alternate, ``--reps`` times.
+The three alternate, ``--reps`` times. Each variant, and B3, starts from vacuumed tables
+(_settle: VACUUM ANALYZE and CHECKPOINT), as autovacuum would leave them.
 
 B3: ``--latency-runs`` sequential runs, from submission to the caller holding the terminal
 state, p50 / p99, alternating run by run between:
@@ -263,11 +264,36 @@ def _with_cpu(measure, n: int, worker: Worker) -> dict:
     return figures
 
 
+# What the variants write: vacuumed before each of them (_settle).
+SETTLE_TABLES = (
+    "agent_runs",
+    "agent_run_metrics",
+    "tool_executions",
+    "orchestrator_events",
+    "django_celery_results_taskresult",
+)
+
+
+def _settle(db: str) -> None:
+    """VACUUM ANALYZE what the previous variants wrote, then CHECKPOINT: each variant starts
+    from the tables autovacuum would have left. This machine's PostgreSQL may run with
+    autovacuum off (docs/PERFORMANCE.md's header reads it from the server); a run's row is
+    updated twice, so without it every later variant, B3 most of all, would pay for the dead
+    rows of those before it -- a cost no deployment with autovacuum on carries."""
+    import psycopg
+
+    with psycopg.connect(db, autocommit=True) as conn:
+        for table in SETTLE_TABLES:
+            conn.execute(f"VACUUM ANALYZE {table}")
+        conn.execute("CHECKPOINT")
+
+
 def b2(args, principal, agent) -> dict:
     variants = {"ours": [], "raw_reuse": [], "raw_default": []}
     timeout = max(120.0, args.runs / 20)
     for rep in range(args.reps):
         for name in ("raw_default", "ours", "raw_reuse"):
+            _settle(args.db)
             queue = _queue(name)
             if name == "ours":
                 worker = _ours_worker(args.db, args.redis, queue)
@@ -327,6 +353,7 @@ def b3(args, principal) -> dict:
         _ours_worker(args.db, args.redis, ours_queue).start(),
         _raw_worker(args.db, args.redis, raw_queue, reuse=True).start(),
     ]
+    _settle(args.db)
     samples: dict[str, list[float]] = {"ours": [], "raw_get_5ms": [], "raw_get_default": []}
     # Wall-clock instants of each measured run of ours: (run id, submitted, accepted, held).
     instants: list[tuple] = []
@@ -537,7 +564,9 @@ def _markdown(report: dict) -> str:
         f"Command: `{report['command']}`. {report['b2_runs']:,} no-op runs per repetition, "
         f"{report['reps']} repetitions alternating, one worker with {WORKER_PROCESSES} prefork "
         "processes, Redis broker, timed from the first submission (from this process, one "
-        "after the other) to the last completion.",
+        "after the other) to the last completion. Each variant, and B3 below, starts from "
+        "vacuumed tables (`VACUUM ANALYZE` of what the variants write, then `CHECKPOINT`), as "
+        "autovacuum would leave them: the server's own autovacuum setting is in the header.",
         "",
         "| variant | runs/s median | min–max | submissions/s | ours / it |",
         "| --- | --- | --- | --- | --- |",

@@ -55,11 +55,17 @@ def _version(package: str) -> str | None:
 
 
 def _postgres_version(url: str) -> str:
+    """The server's version and the settings that shape its write rate, as it reports them."""
     try:
         import psycopg
 
         with psycopg.connect(url, connect_timeout=3) as connection:
-            return str(connection.execute("SHOW server_version").fetchone()[0])
+            version = str(connection.execute("SHOW server_version").fetchone()[0])
+            settings = ", ".join(
+                f"{name} {connection.execute(f'SHOW {name}').fetchone()[0]}"
+                for name in ("autovacuum", "fsync", "synchronous_commit", "shared_buffers")
+            )
+            return f"{version}; {settings}"
     except Exception as exc:  # the header says so rather than failing the report
         return f"unknown ({type(exc).__name__})"
 
