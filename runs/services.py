@@ -508,8 +508,12 @@ def run_cancel(*, run: AgentRun) -> AgentRun:
 # (PostgreSQL's row_to_json, read back by that statement), so a waiter holds the ended run
 # without reading it; a row larger than RUN_DONE_SIGNAL_MAX_BYTES (a big output), or a run
 # ended otherwise (SQLite, the reaper), pushes its status alone and the waiter reads the row.
-RUN_DONE_TTL_S = 3600
-RUN_DONE_SIGNAL_MAX_BYTES = 64 * 1024
+# The list is for waiters already waiting when the run ends (or arriving just after): a row
+# is 1-2 KB, so at 400 runs/s two minutes of signals hold ~100 MB of Redis memory at most
+# (an hour would hold gigabytes). A waiter arriving later reads the ended row first, or,
+# holding a stale instance, within RUN_WAIT_RECHECK_S.
+RUN_DONE_TTL_S = 120
+RUN_DONE_SIGNAL_MAX_BYTES = 16 * 1024
 # A run that ends without the push (the reaper ends lost runs) is still seen: the waiter
 # re-reads the row at least this often.
 RUN_WAIT_RECHECK_S = 2.0
