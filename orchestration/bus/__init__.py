@@ -92,8 +92,9 @@ def _broadcast(
     event: OrchestratorEvent | dict, *, done: str | None = None, now: bool = False
 ) -> None:
     """Send a committed event live. ``done``: a terminal run event's completion signal (the
-    run's row as JSON, runs.services.run_done_signal). ``now``: sent by this thread before
-    it returns rather than by the sender thread (a waiter is expected: an async run)."""
+    run's row as JSON, read back by runs.services._run_from_signal). ``now``: sent by this
+    thread before it returns rather than by the sender thread (a waiter is expected: an
+    async run)."""
     wire = event if isinstance(event, dict) else event_wire(event)
     client = _redis_client()
     if client is None:
@@ -270,7 +271,7 @@ TERMINAL_RUN_EVENTS = {
 _EVENT_FOR_STATUS = {status: type for type, status in TERMINAL_RUN_EVENTS.items()}
 
 # The last column is the run's row as the UPDATE left it, as JSON, when it is small enough
-# to travel in the completion signal (runs.services.run_done_signal); NULL otherwise.
+# to travel in the completion signal (runs.services.RUN_DONE_SIGNAL_MAX_BYTES); NULL otherwise.
 _TERMINAL_SQL = (
     "WITH u AS ({update} RETURNING *){records}, "
     "e AS (INSERT INTO orchestrator_events "
