@@ -69,7 +69,17 @@ class FleetReadPermission(BasePermission):
     }
 )
 class PriorityField(serializers.Field):
+    """What the schema says and nothing else: a name as written, or a whole number 0..10.
+
+    The service also reads names in any case, numeric strings and a blank as "normal"
+    (priority_class); the API refuses them, so a request the schema calls invalid is.
+    """
+
     def to_internal_value(self, data):
+        if isinstance(data, str) and data not in PRIORITY_NAMES:
+            raise serializers.ValidationError(
+                f"priority must be one of {', '.join(PRIORITY_NAMES)} or a whole number 0..10."
+            )
         try:
             return priority_class(data)
         except InvalidPriority as exc:

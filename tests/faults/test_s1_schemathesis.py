@@ -42,12 +42,25 @@ EXAMPLES = pick(ci=4, full=40)
 SEMANTIC_CODES = frozenset({"AGENT_REQUIRED", "INTENT_AGENT_MISMATCH"})
 SEMANTIC_DETAILS = re.compile(r"already exists|^No (organization|agent|dataset) ")
 # Documented limits (README "Request limits and throttles"): PostgreSQL stores no U+0000,
-# bodies nest at most API_JSON_MAX_DEPTH levels.
-# DRF trims strings: one of only whitespace is blank and refused (minLength cannot say so).
+# bodies nest at most API_JSON_MAX_DEPTH levels, strings are trimmed (str.strip(), which
+# also removes control characters such as U+001C): one of only whitespace is blank and
+# refused (minLength cannot say so), in a field or in an item of a list field.
 LIMIT_MESSAGES = re.compile(
     r"U\+0000|Null characters are not allowed|nested deeper than|may not be blank"
 )
 STREAM = "GET /api/orchestration/events/stream"
+
+
+def _messages(details):
+    """The messages of DRF's error details, flattened: lists of child fields nest by index."""
+    if isinstance(details, dict):
+        for value in details.values():
+            yield from _messages(value)
+    elif isinstance(details, list):
+        for value in details:
+            yield from _messages(value)
+    else:
+        yield details
 
 
 def _rejection_kind(response) -> str | None:
@@ -65,11 +78,7 @@ def _rejection_kind(response) -> str | None:
     details = error.get("details")
     if not isinstance(details, dict) or not details:
         return None
-    messages = [
-        message
-        for value in details.values()
-        for message in (value if isinstance(value, list) else [value])
-    ]
+    messages = list(_messages(details))
     if not all(isinstance(message, str) for message in messages):
         return None
     if all(LIMIT_MESSAGES.search(message) for message in messages):

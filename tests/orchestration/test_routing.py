@@ -300,6 +300,17 @@ def test_route_api_without_candidates_and_with_a_capability(tenant_a):
     assert body["routing"]["route"]["region"] is None
 
 
+@pytest.mark.parametrize("priority", ["urgent", "", "HIGH", "8", 11, 7.5, True, None])
+def test_route_api_refuses_a_priority_outside_its_schema(tenant_a, priority):
+    """A name as the schema writes it or a whole number 0..10; no blank, case or digits."""
+    bad = tenant_a.client.post(
+        "/api/orchestration/route", {"sourceRegion": "eu", "priority": priority}, format="json"
+    )
+    assert bad.status_code == 400
+    assert bad.json()["error"]["code"] == "INVALID_REQUEST"
+    assert list(bad.json()["error"]["details"]) == ["priority"]
+
+
 def test_route_api_rejects_a_bad_priority_and_anonymous_callers(tenant_a, anonymous_client):
     bad = tenant_a.client.post(
         "/api/orchestration/route", {"sourceRegion": "eu", "priority": "urgent"}, format="json"
