@@ -174,6 +174,11 @@ if "POLICY_REDIS_URL" in os.environ:
 POLICY_FAIL_MODE = env_str("POLICY_FAIL_MODE", "open")
 if POLICY_FAIL_MODE not in ("open", "closed"):
     raise ImproperlyConfigured("POLICY_FAIL_MODE must be 'open' or 'closed'")
+# How long a process reuses its own finding that an agent's circuit is steady (CLOSED, a
+# full window without a failure) before asking Redis again; 0 asks on every call.
+POLICY_CIRCUIT_STEADY_REUSE_MS = env_int("POLICY_CIRCUIT_STEADY_REUSE_MS", 250)
+if POLICY_CIRCUIT_STEADY_REUSE_MS < 0:
+    raise ImproperlyConfigured("POLICY_CIRCUIT_STEADY_REUSE_MS must be 0 or more")
 
 # --- Celery -------------------------------------------------------------------
 CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", REDIS_URL)

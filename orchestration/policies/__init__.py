@@ -37,7 +37,11 @@ def policy_store_from_settings() -> PolicyStore:
         fail_mode = getattr(django_settings, "POLICY_FAIL_MODE", "open")
         if fail_mode not in FAIL_MODES:
             raise ImproperlyConfigured(f"POLICY_FAIL_MODE must be one of {FAIL_MODES}")
-        return RedisPolicyStore(url, fail_mode=fail_mode)
+        return RedisPolicyStore(
+            url,
+            fail_mode=fail_mode,
+            steady_reuse_s=getattr(django_settings, "POLICY_CIRCUIT_STEADY_REUSE_MS", 0) / 1000,
+        )
     return LocalPolicyStore()
 
 

@@ -20,6 +20,12 @@ rate-limit keys of one decision do not (a single Redis, or Sentinel, is what thi
 Replies on the paths every request takes are bare integers: parsing an array reply costs
 a pure-Python client more than the script itself (see bench/policies.py).
 
+A circuit found steady (CLOSED, a full window without a failure) by this process's own
+acquire is not asked again for ``steady_reuse_s`` (POLICY_CIRCUIT_STEADY_REUSE_MS): the
+steady answer is reused, unless a call of this process failed or forced the circuit since.
+Another process's opening is therefore seen here that much later at most -- as if the
+call had been admitted just before the change, which the steady permit already assumes.
+
 When Redis cannot be reached the store never raises from a decision: ``fail_mode="open"``
 admits, ``"closed"`` refuses; ``healthy`` and ``last_error`` tell the health check.
 Nothing here needs Django, so benchmarks and test subprocesses can build one directly.
@@ -116,6 +122,7 @@ class RedisPolicyStore:
         socket_timeout_s: float = 0.25,
         unavailable_backoff_s: float = 0.5,
         warn_every_s: float = 5.0,
+        steady_reuse_s: float = 0.0,
     ) -> None:
         if fail_mode not in FAIL_MODES:
             raise ValueError(f"POLICY_FAIL_MODE must be one of {FAIL_MODES}, not {fail_mode!r}")
@@ -145,6 +152,9 @@ class RedisPolicyStore:
         self._warn_every_s = warn_every_s
         self._warned_at = float("-inf")
         self._health_lock = threading.Lock()
+        # agent key -> (the steady window it was found at, until when (monotonic) reused).
+        self.steady_reuse_s = max(0.0, float(steady_reuse_s))
+        self._steady_until: dict[str, tuple[int, float]] = {}
 
     # --- availability -------------------------------------------------------------------
     def _call(self, script, keys: Sequence[str], args: Sequence[Any]) -> Any:
@@ -372,6 +382,10 @@ class RedisPolicyStore:
         base = f"{self.prefix}c:{{{agent_key}}}"
         return [base, f"{base}:w", f"{base}:p"]
 
+    def _steady_forget(self, agent_key: str) -> None:
+        """This process saw the circuit change: its next acquire asks Redis."""
+        self._steady_until.pop(agent_key, None)
+
     def circuit_acquire(
         self,
         *,
@@ -380,6 +394,13 @@ class RedisPolicyStore:
         probe_ttl_s: float | None = None,
         now: float | None = None,
     ) -> CircuitPermit:
+        window = _steady_window(settings)
+        # Reused only on the server's clock (``now`` is a test's fake clock: always ask).
+        reuse = self.steady_reuse_s > 0 and now is None and window > 0
+        if reuse:
+            found = self._steady_until.get(agent_key)
+            if found is not None and found[0] == window and time.monotonic() < found[1]:
+                return _CLOSED_STEADY
         ttl = settings.wait_in_open_s if probe_ttl_s is None else probe_ttl_s
         base = f"{self.prefix}c:{{{agent_key}}}"
         keys = [base, f"{base}:p", f"{base}:seq"]
@@ -388,7 +409,7 @@ class RedisPolicyStore:
             _us(settings.wait_in_open_s),
             settings.permitted_probes,
             _us(ttl),
-            _steady_window(settings),
+            window,
         ]
         result = self._call(self._acquire, keys, args)
         if result is None:
@@ -396,6 +417,10 @@ class RedisPolicyStore:
                 return CircuitPermit(True, CircuitState.UNKNOWN)
             return CircuitPermit(False, CircuitState.UNAVAILABLE, 1.0)
         if result == 3:
+            if reuse:
+                if len(self._steady_until) >= _RATE_CACHE_SIZE:
+                    self._steady_until.clear()
+                self._steady_until[agent_key] = (window, time.monotonic() + self.steady_reuse_s)
             return _CLOSED_STEADY
         if result == 1:
             return _CLOSED
@@ -426,6 +451,8 @@ class RedisPolicyStore:
             # Admitted with a full window of successes: this success changes nothing (the
             # script's first exit), ordered at the admission. No round trip.
             return None
+        if not success:
+            self._steady_forget(agent_key)
         args = [
             _now_arg(now),
             1 if success else 0,
@@ -469,6 +496,7 @@ class RedisPolicyStore:
         """
         if state not in (CircuitState.OPEN, CircuitState.CLOSED, None):
             raise ValueError(f"a circuit can be forced OPEN or CLOSED, not {state!r}")
+        self._steady_forget(agent_key)
         keys = self._circuit_keys(agent_key)
         try:
             if state is None:

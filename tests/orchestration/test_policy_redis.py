@@ -581,6 +581,67 @@ def test_circuit_acquire_answers_steady_in_the_same_state(store, backend):
     assert not subject.circuit_acquire(agent_key="agent-2", settings=no_rate).steady
 
 
+def test_a_steady_answer_is_reused_for_its_span_and_forgotten_on_a_change(prefix, store):
+    """POLICY_CIRCUIT_STEADY_REUSE_MS: a process that found the circuit steady does not ask
+    again for that long; another process's change is seen after it at most, and this
+    process's own failure or force is seen at once."""
+    cs = circuit_settings(window_size=3, minimum_calls=3, failure_threshold=2)
+    reusing = RedisPolicyStore(REDIS_URL, key_prefix=prefix, steady_reuse_s=0.5)
+    asked = []
+    real_call = reusing._call
+
+    def counting_call(script, keys, args):
+        asked.append(script)
+        return real_call(script, keys, args)
+
+    reusing._call = counting_call
+
+    def acquire(subject=reusing, agent="agent-1"):
+        return subject.circuit_acquire(agent_key=agent, settings=cs)
+
+    try:
+        for _ in range(3):  # not steady yet: every acquire asks, nothing is kept
+            permit = acquire()
+            assert not permit.steady
+            reusing.circuit_record(agent_key="agent-1", settings=cs, permit=permit, success=True)
+        asked.clear()
+        assert acquire().steady and acquire().steady and acquire().steady
+        assert len(asked) == 1  # the first found it steady, the next two reused the answer
+
+        # Another process forces the circuit OPEN: this one admits until its span ends.
+        store.circuit_force(agent_key="agent-1", state=CircuitState.OPEN)
+        assert acquire().allowed
+        time.sleep(0.55)
+        refused = acquire()
+        assert (refused.allowed, refused.state) == (False, "FORCED_OPEN")
+        store.circuit_force(agent_key="agent-1", state=None)
+
+        # This process's own failure is seen at once: the next acquire asks Redis.
+        for _ in range(3):
+            reusing.circuit_record(agent_key="agent-1", settings=cs, permit=acquire(), success=True)
+        steady = acquire()
+        assert steady.steady
+        asked.clear()
+        reusing.circuit_record(agent_key="agent-1", settings=cs, permit=steady, success=False)
+        assert not acquire().steady
+        assert asked.count(reusing._acquire) == 1
+
+        # So is its own force; and a fake clock (tests) always asks.
+        for _ in range(3):
+            reusing.circuit_record(
+                agent_key="agent-2", settings=cs, permit=acquire(agent="agent-2"), success=True
+            )
+        assert acquire(agent="agent-2").steady
+        reusing.circuit_force(agent_key="agent-2", state=CircuitState.OPEN)
+        assert not acquire(agent="agent-2").allowed
+        reusing.circuit_force(agent_key="agent-2", state=None)
+        asked.clear()
+        reusing.circuit_acquire(agent_key="agent-1", settings=cs, now=time.time())
+        assert asked == [reusing._acquire]
+    finally:
+        reusing.close()
+
+
 def test_the_definitions_version_never_comes_back_after_redis_lost_it(store):
     """Processes keep rows under the version they read; a Redis restarted without its data
     must not hand that version out again (it would pass stale rows for fresh ones)."""
@@ -696,8 +757,10 @@ def test_a_hung_redis_costs_a_socket_timeout_not_a_request(spare_redis):
 def test_settings_choose_the_store(settings):
     settings.REDIS_URL = REDIS_URL
     settings.POLICY_FAIL_MODE = "closed"
+    settings.POLICY_CIRCUIT_STEADY_REUSE_MS = 250
     chosen = policy_store_from_settings()
     assert (type(chosen), chosen.fail_mode, chosen.shared) == (RedisPolicyStore, "closed", True)
+    assert chosen.steady_reuse_s == 0.25
     chosen.close()
 
     settings.POLICY_REDIS_URL = ""  # policies stay process-local although Redis is configured
