@@ -239,8 +239,15 @@ class AgentRunMetric(BaseModel):
 class ToolExecution(BaseModel):
     # PROTECT: a tool with recorded executions is kept so its history stays readable.
     tool = models.ForeignKey(Tool, on_delete=models.PROTECT, related_name="executions")
+    # No index of its own: the unique (run, tool, call_id) index below starts with run_id
+    # and serves every lookup by run (one index write less per tool call).
     run = models.ForeignKey(
-        AgentRun, on_delete=models.SET_NULL, null=True, blank=True, related_name="tool_executions"
+        AgentRun,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="tool_executions",
+        db_index=False,
     )
     call_id = models.CharField(max_length=120)
     status = models.CharField(
