@@ -61,3 +61,25 @@ def test_every_run_column_is_prepared_as_the_field_prepares_it(tenant_a):
 
 def _values(run: AgentRun) -> dict:
     return {f.attname: getattr(run, f.attname) for f in AgentRun._meta.concrete_fields}
+
+
+@pytest.mark.parametrize("vendor", ["postgresql", "other"])
+def test_run_create_reading_inserts_and_reads_on_every_backend(tenant_a, monkeypatch, vendor):
+    """On PostgreSQL the SELECT rides in the INSERT's statement; on another backend (the
+    ORM's save, then the SELECT on its own) the caller gets the same run and rows."""
+    if vendor != "postgresql":
+        monkeypatch.setattr(connection, "vendor", vendor)
+    agent = AgentFactory(organization=tenant_a.organization)
+    read_after = ("SELECT %s::int, %s::text", [7, "seven"])
+    run, rows = run_services.run_create_reading(
+        read_after,
+        organization=tenant_a.organization,
+        agent=agent,
+        intent="nap",
+        input={"n": 1},
+        mode="async",
+    )
+    assert [tuple(row) for row in rows] == [(7, "seven")]
+    stored = AgentRun.objects.get(pk=run.pk)
+    assert (stored.status, stored.intent, stored.input) == (RunStatus.PENDING, "nap", {"n": 1})
+    assert not run._state.adding
