@@ -685,7 +685,7 @@ def _markdown(report: dict) -> str:
         "(one statement "
         "returning the run, its agent and config, committed without waiting for the disk), "
         "the circuit decision (a worker process that found the circuit steady reuses that "
-        "answer for POLICY_CIRCUIT_STEADY_REUSE_MS, 250 ms: most runs ask nothing), "
+        "answer for POLICY_CIRCUIT_STEADY_REUSE_MS, 250 ms, before asking Redis again), "
         "the handler thread, the one-statement finish (committed to "
         "disk), its pipelined completion push + PUBLISH from the same thread, the waiter's "
         "wake-up and the run built from the row the signal carries; the baseline's is "

@@ -72,7 +72,7 @@ class PriorityField(serializers.Field):
     """What the schema says and nothing else: a name as written, or a whole number 0..10.
 
     The service also reads names in any case, numeric strings and a blank as "normal"
-    (priority_class); the API refuses them, so a request the schema calls invalid is.
+    (priority_class); the API refuses them, as its schema does.
     """
 
     def to_internal_value(self, data):

@@ -64,21 +64,24 @@ def _values(run: AgentRun) -> dict:
 
 
 @pytest.mark.parametrize("vendor", ["postgresql", "other"])
-def test_run_create_reading_inserts_and_reads_on_every_backend(tenant_a, monkeypatch, vendor):
+def test_run_create_reading_inserts_and_reads_on_every_backend(
+    tenant_a, monkeypatch, django_assert_num_queries, vendor
+):
     """On PostgreSQL the SELECT rides in the INSERT's statement; on another backend (the
     ORM's save, then the SELECT on its own) the caller gets the same run and rows."""
+    agent = AgentFactory(organization=tenant_a.organization)
     if vendor != "postgresql":
         monkeypatch.setattr(connection, "vendor", vendor)
-    agent = AgentFactory(organization=tenant_a.organization)
     read_after = ("SELECT %s::int, %s::text", [7, "seven"])
-    run, rows = run_services.run_create_reading(
-        read_after,
-        organization=tenant_a.organization,
-        agent=agent,
-        intent="nap",
-        input={"n": 1},
-        mode="async",
-    )
+    with django_assert_num_queries(1 if vendor == "postgresql" else 2):
+        run, rows = run_services.run_create_reading(
+            read_after,
+            organization=tenant_a.organization,
+            agent=agent,
+            intent="nap",
+            input={"n": 1},
+            mode="async",
+        )
     assert [tuple(row) for row in rows] == [(7, "seven")]
     stored = AgentRun.objects.get(pk=run.pk)
     assert (stored.status, stored.intent, stored.input) == (RunStatus.PENDING, "nap", {"n": 1})
