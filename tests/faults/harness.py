@@ -10,22 +10,20 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import threading
 from collections import Counter
+from collections.abc import Sequence
 
-import httpx
 from django.db import close_old_connections, connection
 
 from orchestration.services import reaper
 from orchestration.services.config import config_update
 from runs.choices import ACTIVE_RUN_STATES
 from runs.models import AgentRun
+from tests.faults import servers
 from tests.faults.servers import free_port
-from tests.faults.servers import wait_until as wait_for
+from tests.faults.servers import wait_until as wait_for  # noqa: F401  (the scenarios' name)
 from tests.orchestration.workers import (
-    ROOT,
     TEST_HANDLER_MODULES,
     WorkerProcess,
     test_database_url,
@@ -75,80 +73,37 @@ def statuses(queryset) -> dict[str, int]:
     return dict(Counter(queryset.values_list("status", flat=True)))
 
 
-class ApiServer:
-    """The API under uvicorn (config.asgi), on a free port of 127.0.0.1."""
+class ApiServer(servers.ApiServer):
+    """The API under uvicorn (config.asgi) on the test database, on a free port of
+    127.0.0.1, with the test handlers; ``env`` is added to this process's environment.
+    Its database sessions are named ``application_name`` (acp-uvicorn-<port> by default),
+    so a test can count them in pg_stat_activity. ``log``: where its output goes."""
 
-    def __init__(self, *, env: dict | None = None, node_autoregister: bool = False, log=None):
-        self.port = free_port()
-        # Where the server's stderr (its log) goes; nowhere by default.
-        self.log = log
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.extra_env = env or {}
-        self.node_autoregister = node_autoregister
-        self.process: subprocess.Popen | None = None
-
-    def start(self, timeout: float = 45.0) -> ApiServer:
-        env = {
-            **os.environ,
-            "DATABASE_URL": test_database_url(),
-            "AGENT_HANDLER_MODULES": TEST_HANDLER_MODULES,
-            "NODE_AUTOREGISTER": "true" if self.node_autoregister else "false",
-            "CELERY_TASK_ALWAYS_EAGER": "false",
-            **self.extra_env,
-        }
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "config.asgi:application",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-                "--log-level",
-                "warning",
-                "--no-access-log",
-            ],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=open(self.log, "ab") if self.log else subprocess.DEVNULL,  # noqa: SIM115
-            start_new_session=True,
+    def __init__(
+        self,
+        *,
+        env: dict | None = None,
+        node_autoregister: bool = False,
+        log=None,
+        application_name: str | None = None,
+        args: Sequence[str] = ("--no-access-log",),
+    ) -> None:
+        port = free_port()
+        self.application_name = application_name or f"acp-uvicorn-{port}"
+        database_url = f"{test_database_url()}?application_name={self.application_name}"
+        super().__init__(
+            {
+                **os.environ,
+                "DATABASE_URL": database_url,
+                "AGENT_HANDLER_MODULES": TEST_HANDLER_MODULES,
+                "NODE_AUTOREGISTER": "true" if node_autoregister else "false",
+                "CELERY_TASK_ALWAYS_EAGER": "false",
+                **(env or {}),
+            },
+            log,
+            port=port,
+            args=args,
         )
-
-        def up() -> bool:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"uvicorn exited with {self.process.returncode}")
-            try:
-                return httpx.get(f"{self.url}/healthz", timeout=2).status_code < 500
-            except httpx.HTTPError:
-                return False
-
-        try:
-            wait_for(up, timeout=timeout, what="uvicorn to answer", interval=0.2)
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def client(self, raw_key: str, **kwargs) -> httpx.Client:
-        return httpx.Client(
-            base_url=self.url,
-            headers={"Authorization": f"Bearer {raw_key}"},
-            timeout=kwargs.pop("timeout", 30.0),
-            **kwargs,
-        )
-
-    def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=10)
 
 
 class ReaperLoop:

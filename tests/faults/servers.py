@@ -23,7 +23,7 @@ import time
 import urllib.error
 import urllib.request
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -253,14 +253,27 @@ def manage(*args: str, env: dict[str, str], timeout: float = 180) -> subprocess.
 
 
 class _Process:
-    def __init__(self, args: list[str], env: dict[str, str], log: Path) -> None:
+    """A child process in a session of its own, its output (stdout and stderr) appended to
+    ``log``, or dropped when there is none."""
+
+    def __init__(self, args: list[str], env: dict[str, str], log: Path | str | None) -> None:
         self.args = args
         self.env = env
-        self.log = log
+        self.log = Path(log) if log else None
         self.process: subprocess.Popen | None = None
 
     def _spawn(self) -> None:
-        with self.log.open("ab") as out:
+        if self.log is None:
+            self.process = subprocess.Popen(
+                self.args,
+                cwd=ROOT,
+                env=self.env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+            return
+        with self.log.open("ab") as out:  # the child keeps its own descriptor
             self.process = subprocess.Popen(
                 self.args,
                 cwd=ROOT,
@@ -281,16 +294,26 @@ class _Process:
         _terminate(self.process)
 
     def output(self) -> str:
-        return self.log.read_text(errors="replace") if self.log.exists() else ""
+        if self.log is None or not self.log.exists():
+            return ""
+        return self.log.read_text(errors="replace")
 
     def __exit__(self, *exc) -> None:
         self.stop()
 
 
 class ApiServer(_Process):
-    """``uvicorn config.asgi:application`` on a free port."""
+    """``uvicorn config.asgi:application`` on a free port of 127.0.0.1: the one launcher
+    of the API server the tests use (tests.faults.harness.ApiServer gives it the test
+    database's environment). ``args``: more uvicorn options."""
 
-    def __init__(self, env: dict[str, str], log: Path, port: int | None = None) -> None:
+    def __init__(
+        self,
+        env: dict[str, str],
+        log: Path | str | None = None,
+        port: int | None = None,
+        args: Sequence[str] = (),
+    ) -> None:
         self.port = port or free_port()
         super().__init__(
             [
@@ -304,6 +327,7 @@ class ApiServer(_Process):
                 str(self.port),
                 "--log-level",
                 "warning",
+                *args,
             ],
             env,
             log,
@@ -312,6 +336,17 @@ class ApiServer(_Process):
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    url = base_url
+
+    def client(self, raw_key: str, **kwargs) -> httpx.Client:
+        """An HTTP client of the server, authenticated with the API key ``raw_key``."""
+        return httpx.Client(
+            base_url=self.base_url,
+            headers={"Authorization": f"Bearer {raw_key}"},
+            timeout=kwargs.pop("timeout", 30.0),
+            **kwargs,
+        )
 
     def _live(self) -> bool:
         if not self.alive():
@@ -325,7 +360,11 @@ class ApiServer(_Process):
 
     def start(self, timeout: float = 60) -> ApiServer:
         self._spawn()
-        wait_until(self._live, timeout=timeout, what="the API server", interval=0.2)
+        try:
+            wait_until(self._live, timeout=timeout, what="the API server", interval=0.2)
+        except BaseException:
+            self.stop()
+            raise
         return self
 
     def __enter__(self) -> ApiServer:

@@ -12,7 +12,7 @@ from runs.models import AgentRun
 from tests.factories import RunFactory
 from tests.faults.abuse import ScenarioParts
 from tests.faults.scale import pick
-from tests.orchestration.test_events_stream import ApiServer, SseStream
+from tests.orchestration.test_events_stream import SseStream, sse_api_server
 
 pytestmark = [pytest.mark.faults]
 
@@ -131,9 +131,8 @@ def test_s4_page_size_is_capped(s4, tenant_a, make_agent):
 @pytest.fixture
 def stream_server(transactional_db, tmp_path):
     cap = pick(ci=2, full=5)
-    server = ApiServer(
-        tmp_path / "uvicorn.log",
-        env={"SSE_HEARTBEAT_S": "1", "SSE_MAX_CONNECTIONS_PER_KEY": str(cap)},
+    server = sse_api_server(
+        tmp_path / "uvicorn.log", {"SSE_HEARTBEAT_S": "1", "SSE_MAX_CONNECTIONS_PER_KEY": str(cap)}
     ).start()
     yield server, cap
     server.stop()

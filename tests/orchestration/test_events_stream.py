@@ -3,11 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,8 +17,8 @@ from orchestration.choices import EventType
 from orchestration.models import OrchestratorEvent
 from runs.choices import TERMINAL_RUN_STATES, RunStatus
 from runs.models import AgentRun
-from tests.orchestration import workers
-from tests.orchestration.workers import ROOT, TEST_HANDLER_MODULES, WorkerProcess, private_queue
+from tests.faults.harness import ApiServer
+from tests.orchestration.workers import WorkerProcess, private_queue
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
@@ -31,82 +26,14 @@ HEARTBEAT_S = 1
 STREAM_CAP = 2
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class ApiServer:
-    """`python -m uvicorn config.asgi:application` on the test database."""
-
-    def __init__(self, log_path: Path, env: dict | None = None) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.extra_env = env or {}
-        # Names its database sessions, so a test can count them in pg_stat_activity.
-        self.application_name = f"acp-uvicorn-{self.port}"
-        self.process: subprocess.Popen | None = None
-        self.log_path = log_path
-
-    def start(self, timeout: float = 30.0) -> ApiServer:
-        database_url = f"{workers.test_database_url()}?application_name={self.application_name}"
-        env = {
-            **os.environ,
-            "DATABASE_URL": database_url,
-            "AGENT_HANDLER_MODULES": TEST_HANDLER_MODULES,
-            "NODE_AUTOREGISTER": "false",
-            "LOG_LEVEL": "WARNING",
-            **self.extra_env,
-        }
-        with open(self.log_path, "wb") as log:  # the child keeps its own descriptor
-            self.process = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "uvicorn",
-                    "config.asgi:application",
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    str(self.port),
-                    "--log-level",
-                    "warning",
-                    "--timeout-graceful-shutdown",
-                    "2",
-                ],
-                cwd=ROOT,
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(
-                    f"uvicorn exited with {self.process.returncode}: {self.output()}"
-                )
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=1.0).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        self.stop()
-        raise RuntimeError(f"uvicorn did not answer within {timeout}s: {self.output()}")
-
-    def output(self) -> str:
-        return self.log_path.read_text(encoding="utf-8", errors="replace")[-4000:]
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(timeout=10)
+def sse_api_server(log: Path, env: dict) -> ApiServer:
+    """The API server the stream tests read from (tests.faults.harness.ApiServer, on the
+    test database): logs at WARNING into ``log``, 2 s of graceful shutdown for streams."""
+    return ApiServer(
+        log=log,
+        env={"LOG_LEVEL": "WARNING", **env},
+        args=("--timeout-graceful-shutdown", "2"),
+    )
 
 
 @dataclass
@@ -183,9 +110,9 @@ class SseStream:
 
 
 def _api_server(tmp_path, **env):
-    server = ApiServer(
+    server = sse_api_server(
         tmp_path / "uvicorn.log",
-        env={
+        {
             "SSE_HEARTBEAT_S": str(HEARTBEAT_S),
             "SSE_MAX_CONNECTIONS_PER_KEY": str(STREAM_CAP),
             **env,
