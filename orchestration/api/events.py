@@ -32,6 +32,7 @@ from agents.models import Agent, Organization
 from agents.principal import Principal
 from config.exceptions import ApiError, api_exception_handler, error_response
 from config.schema import ErrorEnvelopeSerializer
+from config.serializers import SentLengthMixin
 from orchestration.api.fleet_auth import (
     FleetPrincipal,
     NodeTokenAuthentication,
@@ -73,7 +74,7 @@ class EventReadPermission(BasePermission):
 # --- wire shapes -------------------------------------------------------------------------
 
 
-class EventQuerySerializer(serializers.Serializer):
+class EventQuerySerializer(SentLengthMixin, serializers.Serializer):
     after = serializers.IntegerField(
         min_value=0, required=False, help_text="Only events with a greater id."
     )

@@ -14,7 +14,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from config.exceptions import ApiError
-from config.serializers import StrictTypesMixin
+from config.serializers import SentLengthMixin, StrictTypesMixin
 from orchestration.api.fleet_auth import FleetViewMixin
 from orchestration.choices import NodeStatus
 from orchestration.models import OrchestratorNode
@@ -113,7 +113,7 @@ class NodeHeartbeatSerializer(StrictTypesMixin, serializers.Serializer):
     memoryUtilization = serializers.FloatField(required=False, min_value=0.0, max_value=1.0)
 
 
-class NodeListQuerySerializer(serializers.Serializer):
+class NodeListQuerySerializer(SentLengthMixin, serializers.Serializer):
     region = serializers.CharField(
         required=False, max_length=64, help_text="Only nodes of this region."
     )

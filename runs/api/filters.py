@@ -3,10 +3,11 @@ from __future__ import annotations
 from django.db.models import Q, QuerySet
 from rest_framework import serializers
 
+from config.serializers import SentLengthMixin
 from runs.choices import RunStatus
 
 
-class RunFilterSerializer(serializers.Serializer):
+class RunFilterSerializer(SentLengthMixin, serializers.Serializer):
     """Query parameters of GET /api/runs/; bad values answer 400 INVALID_REQUEST."""
 
     status = serializers.ChoiceField(choices=RunStatus.choices, required=False)
