@@ -8,12 +8,12 @@ from django.conf import settings
 from django.db import transaction
 from kombu.exceptions import OperationalError as BrokerUnavailable
 
+from orchestration import sending
 from orchestration.services.config import agent_policy_live
 from orchestration.services.resolution import (
     agent_effective_config,
 )
 from orchestration.services.routing import PRIORITY_NORMAL, RouteDecision, route_select
-from orchestration.tasks import execute_run
 from runs.choices import RunStatus
 from runs.models import AgentRun
 
@@ -69,7 +69,7 @@ def run_enqueue(
 
     def send() -> None:
         try:
-            execute_run.apply_async(args=[run_id], **options)
+            sending.execute_run_send(run_id, **options)
         except BrokerUnavailable as exc:
             # The PENDING row is committed, so the run is accepted: the reaper re-enqueues
             # PENDING runs nobody picked up (nodes.pending_timeout_s). A broker outage

@@ -29,8 +29,7 @@ from django.db import models, transaction
 from django.utils import timezone
 
 from agents.models import Agent
-from orchestration import bus
-from orchestration import tasks as orchestration_tasks
+from orchestration import bus, sending
 from orchestration.choices import EventType, NodeStatus
 from orchestration.models import OrchestratorNode
 from orchestration.queues import default_queue, node_queue, region_queue
@@ -148,7 +147,7 @@ def runs_dispatch(*, runs: list[tuple[str, object]], queue: str) -> None:
             options = {"queue": queue}
             if total is not None:
                 options.update(soft_time_limit=total + 10, time_limit=total + 30)
-            orchestration_tasks.execute_run.apply_async(args=[str(run_id)], **options)
+            sending.execute_run_send(str(run_id), **options)
 
     transaction.on_commit(send)
 

@@ -33,7 +33,7 @@ from agents.models import (
     Organization,
     OrganizationMember,
 )
-from orchestration import tasks as orchestration_tasks
+from orchestration import sending
 from orchestration.choices import EventType, NodeStatus
 from orchestration.models import OrchestratorEvent, OrchestratorNode
 from orchestration.policies import CircuitState, RedisPolicyStore, policy_store_reset
@@ -256,10 +256,10 @@ def dispatched(monkeypatch):
     """What would reach the broker: (run id, queue) of every execute_run enqueued."""
     sent: list[tuple[str, str]] = []
 
-    def apply_async(args=None, **options):
-        sent.append((args[0], options.get("queue")))
+    def send(run_id, **options):
+        sent.append((run_id, options.get("queue")))
 
-    monkeypatch.setattr(orchestration_tasks.execute_run, "apply_async", apply_async)
+    monkeypatch.setattr(sending, "execute_run_send", send)
     return sent
 
 

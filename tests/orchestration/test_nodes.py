@@ -11,13 +11,13 @@ from django.db import connection
 from django.utils import timezone
 from rest_framework.test import APIClient
 
+from orchestration import sending
 from orchestration.choices import EventType, NodeStatus
 from orchestration.models import OrchestratorEvent, OrchestratorNode
 from orchestration.queues import default_queue, node_queue
 from orchestration.services import nodes as node_services
 from orchestration.services import reaper
 from orchestration.services.config import config_current
-from orchestration.tasks import execute_run
 from runs import services as run_services
 from runs.choices import RunStatus
 from runs.models import AgentRun, AgentRunMetric, ToolExecution
@@ -42,10 +42,10 @@ def enqueued(monkeypatch) -> list[dict]:
     """execute_run messages the services send, instead of a broker."""
     sent: list[dict] = []
 
-    def record(args=None, **options):
-        sent.append({"run_id": args[0], **options})
+    def record(run_id, **options):
+        sent.append({"run_id": run_id, **options})
 
-    monkeypatch.setattr(execute_run, "apply_async", record)
+    monkeypatch.setattr(sending, "execute_run_send", record)
     return sent
 
 

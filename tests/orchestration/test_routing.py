@@ -8,6 +8,7 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
+from orchestration import sending
 from orchestration.choices import NodeStatus
 from orchestration.models import OrchestratorConfigRevision, OrchestratorNode
 from orchestration.queues import default_queue, node_queue, region_queue
@@ -223,7 +224,7 @@ def test_invalid_priorities(priority):
 def sent(monkeypatch):
     calls = []
     monkeypatch.setattr(
-        dispatch.execute_run, "apply_async", lambda args, **options: calls.append((args, options))
+        sending, "execute_run_send", lambda run_id, **options: calls.append(([run_id], options))
     )
     return calls
 
