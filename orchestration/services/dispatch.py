@@ -68,15 +68,17 @@ def run_enqueue(
     }
 
     def send() -> None:
+        # The PENDING row is committed, so the run is accepted: the reaper re-enqueues
+        # PENDING runs nobody picked up (nodes.pending_timeout_s). A send that fails delays
+        # the run; answering 500 would make the caller submit it twice.
         try:
             sending.execute_run_send(run_id, **options)
         except BrokerUnavailable as exc:
-            # The PENDING row is committed, so the run is accepted: the reaper re-enqueues
-            # PENDING runs nobody picked up (nodes.pending_timeout_s). A broker outage
-            # delays the run; answering 500 would make the caller submit it twice.
             logger.warning(
                 "run %s not enqueued, the reaper will: broker unavailable (%s)", run_id, exc
             )
+        except Exception:  # the broker refused the message (a Redis out of memory, ...)
+            logger.exception("run %s not enqueued, the reaper will: the send failed", run_id)
 
     # Outside a transaction (orchestrate's single INSERT) the row is committed already
     # and on_commit sends at once.

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import time
 
 import pytest
+import redis
+from kombu import exceptions as kombu_exceptions
 
+from orchestration import sending
 from orchestration.tasks import execute_run
 from runs.choices import TERMINAL_RUN_STATES, RunStatus
 from runs.models import AgentRun, AgentRunMetric, ToolExecution
@@ -84,3 +88,35 @@ def test_two_workers_racing_for_one_run_execute_it_once(tenant_a, make_agent, qu
     finally:
         for process in workers:
             process.stop()
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [
+        kombu_exceptions.OperationalError("broker unreachable"),
+        redis.ResponseError("OOM command not allowed when used memory > 'maxmemory'."),
+    ],
+    ids=["broker unavailable", "message refused"],
+)
+def test_an_accepted_run_whose_message_cannot_be_sent_waits_for_the_reaper(
+    tenant_a, make_agent, queue, monkeypatch, caplog, failure
+):
+    """The run is committed before its message is sent: a send that fails leaves it
+    PENDING (the reaper re-enqueues it after nodes.pending_timeout_s) and the caller still
+    gets its 202, never a 500 that would make it submit the run twice."""
+
+    def refuse(run_id, **options):
+        raise failure
+
+    monkeypatch.setattr(sending, "execute_run_send", refuse)
+    make_agent("Sleeper", "test-sleep", intents=["nap"])
+    with caplog.at_level(logging.WARNING, logger="orchestration.services.dispatch"):
+        response = tenant_a.client.post(
+            "/api/orchestrate",
+            {"intent": "nap", "mode": "async", "payload": {"sleep_ms": 1}},
+            format="json",
+        )
+    assert response.status_code == 202, response.json()
+    run = AgentRun.objects.get(pk=response.json()["runId"])
+    assert run.status == RunStatus.PENDING and run.queued_at is not None
+    assert f"run {run.pk} not enqueued, the reaper will" in caplog.text
