@@ -3,11 +3,11 @@
 Every async run is one execute_run message, so its send is on the hot path of a
 submission. ``execute_run.apply_async`` spends most of its time on work a run's message
 does not need: routing options merged per call, the producer's per-message declaration of
-the queue, the exchange's bindings looked up, kombu's retry wrappers -- about four times
-the CPU of the LPUSH that carries the message (docs/PERFORMANCE.md). execute_run_send
-builds the same message with Celery's own ``app.amqp.as_task_v2`` (its protocol, headers
-and properties) and has the Redis transport put it on the queue in one LPUSH
-(orchestration.broker.Channel.task_message_put). A test keeps the two messages equal
+the queue (a copy of the queue bound to the channel, then its cache checked), kombu's retry
+wrappers -- about four times the CPU of the LPUSH that carries the message (RUNS.md).
+execute_run_send builds the same message with Celery's own ``app.amqp.as_task_v2`` (its
+protocol, headers and properties) and has the Redis transport put it on the queue in one
+LPUSH (orchestration.broker.Channel.task_message_put). A test keeps the two messages equal
 field for field, ids aside.
 
 Anything else takes apply_async itself: another broker, a queue routed through an exchange
