@@ -19,8 +19,8 @@
   under a task (reject_on_worker_lost). ``broker_transport_options={"ack_emulation": True}``
   turns the emulation back on.
 - ``task_message_put``: a Celery task message put on its queue with one LPUSH
-  (orchestration.sending, for execute_run), without kombu's per-message declaration and
-  exchange lookup.
+  (orchestration.sending, for execute_run), without the producer's per-message declaration
+  of the queue.
 
 The messages, the queues, the worker's consumption (its asynchronous client) are kombu's
 own. settings.CELERY_BROKER_TRANSPORT names this transport when CELERY_BROKER_URL is a
@@ -57,11 +57,11 @@ class Channel(kombu_redis.Channel):
 
         The envelope is the one kombu's Producer.publish writes (kombu's own
         prepare_message and _inplace_augment_message build it, JSON body, persistent
-        delivery mode), addressed as Celery routes a task to a queue of its own: the
-        queue's direct exchange and routing key, both named after it, whose only binding is
-        the queue itself. So the message goes straight to that list, in one LPUSH: no
-        declaration of the queue per message and no lookup of the exchange's bindings
-        (the sender checks the route is that one; orchestration.sending)."""
+        delivery mode), addressed as Celery addresses a task to a queue behind a direct
+        exchange: to the anonymous exchange, with the queue's name as the routing key. So
+        the message goes straight to that list, in one LPUSH, without the producer's
+        declaration of the queue on every message (the sender checks the route is such a
+        queue; orchestration.sending)."""
         headers, properties, body, _ = task_message
         content_type, content_encoding, data = dumps(body, serializer="json")
         message = self.prepare_message(
