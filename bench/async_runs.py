@@ -11,8 +11,12 @@ the last completion, runs/s:
   1 tool execution, the one-statement finish with its run.succeeded event);
 - raw Celery + django-celery-results, a no-op task whose result row Celery stores, with
   Celery's default (the worker closes its database connection around every task) and with
-  connection reuse (CELERY_DB_REUSE_MAX).
-The three alternate, ``--reps`` times. Each variant, and B3, starts from vacuumed tables
+  connection reuse (CELERY_DB_REUSE_MAX);
+- the floor: the least any design that records its runs does on plain Celery (connection
+  reuse on): the PENDING row committed before the task is sent, the task's one UPDATE
+  ending it, no result stored (bench.celery_raw.record_finish). What ours is to it says how
+  much of the gap to the baseline is the recording itself and how much the rest.
+The four alternate, ``--reps`` times. Each variant, and B3, starts from vacuumed tables
 (_settle: VACUUM ANALYZE and CHECKPOINT), as autovacuum would leave them. Measured with
 each: the CPU every process serving the runs spent per run (/proc, ended processes
 included), the write-ahead log PostgreSQL wrote per run, and for ours agent_runs' updates
@@ -39,6 +43,7 @@ Database and Redis as bench.hotpath (BENCH_DATABASE_URL, REDIS_URL).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import signal
@@ -277,6 +282,58 @@ def _throughput_raw(n: int, queue: str, timeout: float) -> dict:
     }
 
 
+def _submit_floor(n: int, queue: str) -> None:
+    from django.db import connection
+
+    from bench.celery_raw import FLOOR_INSERT, record_finish
+
+    for _ in range(n):
+        # Committed on its own (autocommit) before the task is sent, as our runs are.
+        with connection.cursor() as cursor:
+            cursor.execute(FLOOR_INSERT, ['{"n": 1}'])
+            row_id = cursor.fetchone()[0]
+        record_finish.apply_async(args=(row_id,), queue=queue)
+
+
+def _pending_floor(since) -> int:
+    """The floor's rows of the batch not ended yet, counted in their partial index."""
+    from django.db import connection
+
+    from bench.celery_raw import FLOOR_TABLE
+
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT count(*) FROM {FLOOR_TABLE}"  # noqa: S608  (a constant)
+            " WHERE status = 'PENDING' AND created_at >= %s",
+            [since],
+        )
+        return int(cursor.fetchone()[0])
+
+
+def _throughput_floor(n: int, queue: str, timeout: float) -> dict:
+    from django.utils import timezone
+
+    since = timezone.now()
+    start = time.perf_counter()
+    _submit_floor(n, queue)
+    submitted = time.perf_counter()
+    end = _wait_count(lambda: n - _pending_floor(since), n, timeout)
+    return {
+        "runs_per_s": n / (end - start),
+        "submit_per_s": n / (submitted - start),
+        "not_successful": 0,
+    }
+
+
+def _floor_table(db: str) -> None:
+    import psycopg
+
+    from bench.celery_raw import FLOOR_SETUP
+
+    with psycopg.connect(db, autocommit=True) as conn:
+        conn.execute(FLOOR_SETUP)
+
+
 def _drain(worker: Worker, n: int, submit, completed, timeout: float) -> dict:
     """The worker alone: ``n`` runs submitted while it consumes nothing, then timed from the
     moment it consumes again until it completed them all (runs/s), with the CPU its
@@ -437,6 +494,7 @@ SETTLE_TABLES = (
     "tool_executions",
     "orchestrator_events",
     "django_celery_results_taskresult",
+    "bench_floor_runs",
 )
 
 
@@ -454,51 +512,52 @@ def _settle(db: str) -> None:
         conn.execute("CHECKPOINT")
 
 
+def _variant_calls(name: str, queue: str, principal, agent, timeout: float) -> tuple:
+    """A B2 variant's (throughput(n), submit(n), completed(since, n)) on its queue."""
+    if name == "ours":
+        return (
+            lambda n: _throughput_ours(n, principal, agent, timeout),
+            lambda n: _submit_ours(n, principal),
+            lambda since, n: n - _active_ours(agent, since),
+        )
+    if name == "floor":
+        return (
+            lambda n: _throughput_floor(n, queue, timeout),
+            lambda n: _submit_floor(n, queue),
+            lambda since, n: n - _pending_floor(since),
+        )
+    return (
+        lambda n: _throughput_raw(n, queue, timeout),
+        lambda n: _submit_raw(n, queue),
+        lambda since, n: _ended_raw(since),
+    )
+
+
 def b2(args, principal, agent) -> dict:
-    variants = {"ours": [], "raw_reuse": [], "raw_default": []}
+    variants = {"ours": [], "raw_reuse": [], "raw_default": [], "floor": []}
     timeout = max(120.0, args.runs / 20)
+    _floor_table(args.db)
     for rep in range(args.reps):
-        for name in ("raw_default", "ours", "raw_reuse"):
+        for name in ("raw_default", "ours", "raw_reuse", "floor"):
             _settle(args.db)
             queue = _queue(name)
             if name == "ours":
                 worker = _ours_worker(args.db, args.redis, queue)
             else:
-                worker = _raw_worker(args.db, args.redis, queue, reuse=name == "raw_reuse")
+                worker = _raw_worker(args.db, args.redis, queue, reuse=name != "raw_default")
             worker.start()
             try:
+                throughput, submit, completed = _variant_calls(
+                    name, queue, principal, agent, timeout
+                )
                 # Warm-up: the worker processes' imports, connections, script cache.
+                throughput(20)
                 if name == "ours":
-                    _throughput_ours(20, principal, agent, timeout)
                     updates_before = _run_updates_settled(args.db)
-                    figures = _with_cpu(
-                        lambda: _throughput_ours(args.runs, principal, agent, timeout),
-                        args.runs,
-                        worker,
-                        args.db,
-                    )
-                    figures["drain"] = _drain(
-                        worker,
-                        args.runs,
-                        lambda k: _submit_ours(k, principal),
-                        lambda since, k: k - _active_ours(agent, since),
-                        timeout,
-                    )
-                else:
-                    _throughput_raw(20, queue, timeout)
-                    figures = _with_cpu(
-                        lambda q=queue: _throughput_raw(args.runs, q, timeout),
-                        args.runs,
-                        worker,
-                        args.db,
-                    )
-                    figures["drain"] = _drain(
-                        worker,
-                        args.runs,
-                        lambda k, q=queue: _submit_raw(k, q),
-                        lambda since, k: _ended_raw(since),
-                        timeout,
-                    )
+                figures = _with_cpu(
+                    functools.partial(throughput, args.runs), args.runs, worker, args.db
+                )
+                figures["drain"] = _drain(worker, args.runs, submit, completed, timeout)
             finally:
                 worker.stop()
             if name == "ours":
@@ -778,6 +837,7 @@ def _b2_bounds(report: dict) -> list[str]:
             "run, its agent and organization) and the finish (the UPDATE, 7 metric rows, the "
             "tool execution, the event, their foreign-key checks, the commit to disk).",
         ]
+    lines += _floor_lines(b2r)
     connect = report.get("b2_connect_ms")
     if connect:
         lines += [
@@ -802,6 +862,65 @@ def _b2_bounds(report: dict) -> list[str]:
     return lines
 
 
+def _cpu_total(variant: dict) -> float:
+    cpu = variant.get("cpu_us_per_run", {})
+    return sum(value["median"] for value in cpu.values())
+
+
+def _floor_lines(b2r: dict) -> list[str]:
+    """What the floor variant says: whether recording every run (committed before it is
+    sent, ended by an UPDATE) keeps a design from the target by itself, and what ours
+    spends beyond that least, process by process."""
+    floor = b2r.get("floor")
+    if not floor:
+        return []
+    ours, reuse = b2r["ours"], b2r["raw_reuse"]
+    rate = {
+        n: v["runs_per_s"]["median"]
+        for n, v in (("ours", ours), ("reuse", reuse), ("floor", floor))
+    }
+    reach = rate["floor"] / rate["reuse"]
+    text = (
+        "The floor is the least a design that keeps a record of every run does on the same "
+        "Celery: the submitting process commits the run's PENDING row (an INSERT of a row "
+        "shaped as B1's pgbench record: a primary key and one partial index) before it sends "
+        "the task, and the task ends the row with one UPDATE by primary key and stores no "
+        "result; no rate limit, no claim, no metrics, tool execution or event, none of our "
+        f"code. It completed {rate['floor']:,.0f} runs/s, {reach:.2f}× the baseline with "
+        "connection reuse, so recording every run that way is, by itself, "
+        f"{'no obstacle to' if reach >= 1.05 else 'enough to miss'} the 1.05× target on "
+        f"this machine. Ours ran at {rate['ours'] / rate['floor']:.2f}× the floor."
+    )
+    if reach >= 1.05:
+        text += (
+            " (The baseline's no-op tasks cost more than the floor's because Celery stores "
+            "each one's result row through django-celery-results in its pool processes.)"
+        )
+    lines = ["", text]
+    if all("cpu_us_per_run" in v for v in (floor, ours)):
+        extra = {
+            group: ours["cpu_us_per_run"][group]["median"]
+            - floor["cpu_us_per_run"][group]["median"]
+            for group in _CPU_GROUPS
+        }
+        lines += [
+            "",
+            f"CPU per run, every process: the floor {_cpu_total(floor):,.0f} µs, ours "
+            f"{_cpu_total(ours):,.0f} µs (the table below). What ours spent beyond the floor, "
+            "per run: "
+            + ", ".join(f"{group} {value:+,.0f} µs" for group, value in extra.items())
+            + ". That is the price of what a run of ours is beyond a row: in the submitting "
+            "process the resolution, the rate-limit decision and the run's fingerprint; in "
+            "the pool processes the claim that reads the run with its agent and config, the "
+            "handler under its circuit and deadline on a handler thread, the records, the "
+            "event and the completion signal; in PostgreSQL the run row's secondary indexes "
+            f"({_run_indexes(ours)}, written at the INSERT, the claim and the finish), the "
+            "metric, tool-execution and event rows with their foreign-key checks. The "
+            "Profile section has the same, function by function.",
+        ]
+    return lines
+
+
 def _run_indexes(variant: dict) -> str:
     writes = variant.get("agent_runs_writes")
     return f"{writes['indexes']['median']:.0f}" if writes else "its"
@@ -820,10 +939,19 @@ def _drain_cpu(variant: dict) -> str:
 
 
 def _cpu_table(b2r: dict) -> list[str]:
-    names = [n for n in ("ours", "raw_reuse", "raw_default") if "cpu_us_per_run" in b2r[n]]
+    names = [
+        n
+        for n in ("ours", "raw_reuse", "raw_default", "floor")
+        if "cpu_us_per_run" in b2r.get(n, {})
+    ]
     if not names:
         return ["(not measured in this run)"]
-    labels = {"ours": "ours", "raw_reuse": "Celery, reuse", "raw_default": "Celery, defaults"}
+    labels = {
+        "ours": "ours",
+        "raw_reuse": "Celery, reuse",
+        "raw_default": "Celery, defaults",
+        "floor": "the floor",
+    }
     lines = [
         "| CPU per run (µs) | " + " | ".join(labels[n] for n in names) + " |",
         "| --- |" + " --- |" * len(names),
@@ -861,9 +989,16 @@ def _cpu_table(b2r: dict) -> list[str]:
 
 def _writes_lines(b2r: dict) -> list[str]:
     """What PostgreSQL writes per run, from the write-ahead log and agent_runs' counts."""
-    labels = {"ours": "ours", "raw_reuse": "Celery with reuse", "raw_default": "Celery defaults"}
+    labels = {
+        "ours": "ours",
+        "raw_reuse": "Celery with reuse",
+        "raw_default": "Celery defaults",
+        "floor": "the floor",
+    }
     wal = {
-        n: b2r[n]["wal_bytes_per_run"]["median"] for n in labels if "wal_bytes_per_run" in b2r[n]
+        n: b2r[n]["wal_bytes_per_run"]["median"]
+        for n in labels
+        if "wal_bytes_per_run" in b2r.get(n, {})
     }
     writes = b2r["ours"].get("agent_runs_writes")
     if not wal or not writes:
@@ -924,8 +1059,11 @@ def _markdown(report: dict) -> str:
         ("ours", "ours: orchestrate(async) → execute_run, run fully recorded"),
         ("raw_reuse", "Celery + django-celery-results, connection reuse"),
         ("raw_default", "Celery + django-celery-results, defaults (reconnect per task)"),
+        ("floor", "the floor: Celery, each run's row committed before the send, one UPDATE"),
     ):
-        row = b2r[name]
+        row = b2r.get(name)
+        if row is None:
+            continue
         ratio = "—" if name == "ours" else f"{ours / row['runs_per_s']['median']:.2f}×"
         drain = row.get("drain", {}).get("runs_per_s")
         drain_cell = f"{drain['median']:.0f}" if drain else "—"
