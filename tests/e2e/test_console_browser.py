@@ -134,3 +134,38 @@ def test_drain_a_node(page, live_server, screenshot):
     assert node.status == NodeStatus.DRAINING
     assert "Draining" in page.locator("#result_list").inner_text()
     screenshot("node-drained")
+
+
+@pytest.mark.parametrize("width", [1440, 760, 420])
+def test_node_table_is_whole_on_narrow_screens(page, live_server, width, screenshot):
+    """Every column of the node table can be seen: inside its panel, which scrolls sideways
+    when the screen is narrower than the table."""
+    OrchestratorNode.objects.create(
+        node_id="node-with-a-rather-long-name-eu-west-1",
+        region="eu-west-1",
+        capacity=8,
+        active_runs=3,
+        cpu_utilization=0.62,
+        memory_utilization=0.48,
+    )
+    page.set_viewport_size({"width": width, "height": 900})
+    page.goto(f"{live_server.url}/admin/")
+    table = page.locator("#console-nodes")
+    table.wait_for()
+
+    box = table.evaluate(
+        """(table) => {
+            const panel = table.closest('.console-panel');
+            panel.scrollLeft = panel.scrollWidth;  // as far right as the panel goes
+            const cell = table.querySelector('thead th:last-child').getBoundingClientRect();
+            const edge = panel.getBoundingClientRect();
+            return {cellLeft: cell.left, cellRight: cell.right, panelLeft: edge.left,
+                    panelRight: edge.right, screen: document.documentElement.clientWidth,
+                    text: table.querySelector('thead th:last-child').textContent};
+        }"""
+    )
+    screenshot(f"nodes-{width}px")
+    assert box["text"] == "memory"
+    assert box["panelLeft"] - 1 <= box["cellLeft"]
+    assert box["cellRight"] <= box["panelRight"] + 1
+    assert box["panelRight"] <= box["screen"] + 1
