@@ -206,6 +206,25 @@ def test_scoped_dashboard_counts_only_the_users_organizations(org_a, agent_a, ag
     assert "Secret" not in body["html"]
 
 
+def test_scoped_dashboard_queries_do_not_grow_with_the_users_organizations(org_a, agent_a):
+    client = staff_client(org_a, MemberRole.VIEWER, "viewer-many")
+    make_runs(agent_a, 4)
+    one, _ = count_queries(client, INDEX)
+    for i in range(3):
+        organization = OrganizationFactory(slug=f"more-{i}")
+        MemberFactory(organization=organization, user=client.session_user, role=MemberRole.VIEWER)
+        make_runs(AgentFactory(organization=organization, name=f"More{i}", slug=f"more-{i}"), 2)
+    make_runs(AgentFactory(organization=OrganizationFactory(slug="not-mine"), name="Other"), 5)
+
+    four, sql = count_queries(client, INDEX)
+    body = client.get(DATA).json()
+
+    assert four == one, "\n".join(sql)
+    assert body["figures"]["hour"]["runs"] == 4 + 3 * 2
+    agents = re.findall(r"More\d|Writer|Other", body["html"])
+    assert sorted(set(agents)) == ["More0", "More1", "More2", "Writer"]
+
+
 # --- the run browser ---------------------------------------------------------------------
 
 
