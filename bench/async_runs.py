@@ -319,10 +319,22 @@ def _throughput_floor(n: int, queue: str, timeout: float) -> dict:
     _submit_floor(n, queue)
     submitted = time.perf_counter()
     end = _wait_count(lambda: n - _pending_floor(since), n, timeout)
+    from django.db import connection
+
+    from bench.celery_raw import FLOOR_TABLE
+
+    with connection.cursor() as cursor:
+        # Read after the timed part: the batch's rows that did not end SUCCESS.
+        cursor.execute(
+            f"SELECT count(*) FROM {FLOOR_TABLE}"  # noqa: S608  (a constant)
+            " WHERE created_at >= %s AND status <> 'SUCCESS'",
+            [since],
+        )
+        not_successful = int(cursor.fetchone()[0])
     return {
         "runs_per_s": n / (end - start),
         "submit_per_s": n / (submitted - start),
-        "not_successful": 0,
+        "not_successful": not_successful,
     }
 
 
