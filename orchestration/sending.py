@@ -31,8 +31,8 @@ from orchestration import broker, tasks
 
 logger = logging.getLogger(__name__)
 
-# Queue names whose route is the plain one (a direct exchange and routing key named after
-# the queue), per app: the only routes the quick path takes.
+# Whether a queue's route is the plain one (a direct exchange and routing key named after
+# the queue), by queue name, for execute_run's app: the only routes the quick path takes.
 _plain_routes: dict[str, bool] = {}
 # Celery's "origin" header: this process's anonymous node name (it names the pid).
 _origin: dict[int, str] = {}

@@ -88,7 +88,7 @@ def test_execute_run_send_puts_the_message_apply_async_puts(limits):
         client.delete(queue)
 
 
-def test_execute_run_send_leaves_what_it_cannot_do_as_quickly_to_apply_async(monkeypatch):
+def test_execute_run_send_leaves_what_it_cannot_do_as_quickly_to_apply_async():
     """A receiver of Celery's publish signals hears the message: apply_async sent it."""
     queue = private_queue()
     client = redis.Redis.from_url(settings.CELERY_BROKER_URL)
@@ -97,17 +97,20 @@ def test_execute_run_send_leaves_what_it_cannot_do_as_quickly_to_apply_async(mon
     def receiver(sender=None, headers=None, **kwargs):
         heard.append((sender, headers["argsrepr"]))
 
-    signals.before_task_publish.connect(receiver)
     try:
-        sending.execute_run_send("run-2", queue=queue)
-        assert heard == [("orchestration.execute_run", "['run-2']")]
+        signals.before_task_publish.connect(receiver)
+        try:
+            sending.execute_run_send("run-2", queue=queue)
+            assert heard == [("orchestration.execute_run", "['run-2']")]
+        finally:
+            signals.before_task_publish.disconnect(receiver)
+        heard.clear()
+        sending.execute_run_send("run-3", queue=queue)  # the quick path again: nobody hears it
+        assert heard == []
+        queued = [m["headers"]["argsrepr"] for m in _queued(client, queue)]
+        assert queued == ["['run-2']", "['run-3']"]
     finally:
-        signals.before_task_publish.disconnect(receiver)
-    heard.clear()
-    sending.execute_run_send("run-3", queue=queue)  # the quick path again: nobody hears it
-    assert heard == []
-    assert [m["headers"]["argsrepr"] for m in _queued(client, queue)] == ["['run-2']", "['run-3']"]
-    client.delete(queue)
+        client.delete(queue)
 
 
 def test_execute_run_send_falls_back_to_apply_async_when_the_quick_send_fails(monkeypatch):
