@@ -8,8 +8,6 @@ with every figure read from the report.
 # ruff: noqa: RUF001  (the report's multiplication signs and dashes are meant)
 from __future__ import annotations
 
-import os
-
 from bench.procstat import CPU_GROUPS
 
 
@@ -45,7 +43,8 @@ def _b2_bounds(report: dict) -> list[str]:
             f"The worker alone completed {ours['drain']['runs_per_s']['median']:,.0f} of our "
             f"runs per second against {reuse['drain']['runs_per_s']['median']:,.0f} of the "
             "baseline's no-op tasks, keeping the cores "
-            f"{_drain_busy(ours):.0%} and {_drain_busy(reuse):.0%} busy: each pool process "
+            f"{_drain_busy(ours, report['cpus']):.0%} and "
+            f"{_drain_busy(reuse, report['cpus']):.0%} busy: each pool process "
             "runs one task at a time and waits on its statements and round trips, and between "
             "two tasks on the worker's main process, which receives the pool process's result "
             "and fetches and hands over the next message. CPU per run meanwhile (µs; main "
@@ -147,11 +146,11 @@ def _run_indexes(variant: dict) -> str:
     return f"{writes['indexes']['median']:.0f}" if writes else "its"
 
 
-def _drain_busy(variant: dict) -> float:
+def _drain_busy(variant: dict, cores: int) -> float:
     """The share of the machine's cores the worker kept busy while it drained a full queue."""
     cpu = variant["drain"]["cpu_us_per_run"]
     total = sum(cpu[g]["median"] for g in CPU_GROUPS[1:])
-    return variant["drain"]["runs_per_s"]["median"] * total / 1e6 / (os.cpu_count() or 1)
+    return variant["drain"]["runs_per_s"]["median"] * total / 1e6 / cores
 
 
 def _drain_cpu(variant: dict) -> str:
@@ -159,7 +158,7 @@ def _drain_cpu(variant: dict) -> str:
     return " / ".join(f"{cpu[g]['median']:,.0f}" for g in CPU_GROUPS[1:])
 
 
-def _cpu_table(b2r: dict, workers: int) -> list[str]:
+def _cpu_table(b2r: dict, cores: int, workers: int) -> list[str]:
     names = [
         n
         for n in ("ours", "raw_reuse", "raw_default", "floor")
@@ -188,7 +187,6 @@ def _cpu_table(b2r: dict, workers: int) -> list[str]:
             cells.append(f"{value:,.0f}")
         label = f"**{group}**" if group == "total" else group
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    cores = os.cpu_count() or 1
     total = sum(b2r["ours"]["cpu_us_per_run"][g]["median"] for g in groups)
     lines += [
         "",
@@ -287,7 +285,7 @@ def markdown(report: dict) -> str:
         "",
         *_b2_bounds(report),
         "",
-        *_cpu_table(b2r, report["worker_processes"]),
+        *_cpu_table(b2r, report["cpus"], report["worker_processes"]),
         "",
         "## B3 — async latency: submission to the caller holding the terminal state",
         "",

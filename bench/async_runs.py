@@ -776,6 +776,7 @@ def main(argv: list[str] | None = None) -> int:
         "b2_runs": args.runs,
         "reps": args.reps,
         "worker_processes": WORKER_PROCESSES,
+        "cpus": os.cpu_count(),
     }
     previous = json.loads(args.output.read_text()) if args.output.exists() else {}
     if args.skip_b2:

@@ -23,7 +23,8 @@ One unattended run (a few minutes, most of it the bulk load):
    with a small asyncio HTTP/1.1 keep-alive load generator, bounded by a request count and a
    time limit: req/s, p50 / p99, and the generator's own CPU per request;
 6. writes bench/results/http_api.json and bench/results/http_api.md (the B4 section of
-   docs/PERFORMANCE.md), and drops the databases (--keep keeps them).
+   docs/PERFORMANCE.md, rendered from the JSON by bench.http_report), and drops the
+   databases (--keep keeps them).
 
 Runs arrive at a constant rate (--rate-per-day, default 10,000 a day) going back in time: a
 bigger table is a longer history, not a busier hour, so the 1 h and 24 h windows of the
@@ -50,6 +51,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import quote, urlsplit, urlunsplit
 
+from bench import http_report
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = Path(__file__).with_name("results")
 DEFAULT_DB = "postgres://postgres@127.0.0.1:5432/acp_bench_http"
@@ -74,15 +77,11 @@ SUMMARIZE_BODY = {
         "maxSentences": 2,
     },
 }
-TARGET_P95_MS = 50.0
-TARGET_RATIO = 1.5
 DEEP = "GET /api/runs/?until= (90% back)"
 SMALL = "GET /api/runs/ (the 1% tenant)"
 # The server's floor: Django's smallest view, no authentication, no database.
 FLOOR = "GET /healthz (floor: no auth, no SQL)"
 IN_PROCESS_REQUESTS = 50
-# The endpoints the targets are about (the deep page is shown for the keyset's sake).
-TARGETED = ("GET /api/runs/", "GET metrics")
 
 
 # --- databases ---------------------------------------------------------------------------
@@ -618,207 +617,6 @@ def statements_explained(db_url: str, redis_url: str, targets: dict) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-# --- the report ----------------------------------------------------------------------------
-
-
-def _label(size: int) -> str:
-    return f"{size // 1_000_000}M" if size >= 1_000_000 else f"{size // 1000}k"
-
-
-def _sql_head(sql: str) -> str:
-    sql = " ".join(sql.split())
-    return sql if len(sql) <= 150 else sql[:147] + "..."
-
-
-def plan_summary(statements: list[dict]) -> str:
-    """The indexes the statements on agent_runs read (and any sequential scan of it)."""
-    indexes, seq_scan = [], False
-    for query in statements:
-        if "agent_runs" not in query["sql"]:
-            continue
-        for line in query.get("plan", []):
-            match = re.search(r"Scan(?: Backward)? using (\w+) on agent_runs", line)
-            if match and match.group(1) not in indexes:
-                indexes.append(match.group(1))
-            seq_scan |= "Seq Scan on agent_runs" in line
-    if not any("agent_runs" in query["sql"] for query in statements):
-        return "no SQL on agent_runs"
-    summary = f"reads {', '.join(f'`{i}`' for i in indexes) or 'no index of agent_runs'}"
-    return summary + ("; **a sequential scan of agent_runs**" if seq_scan else "")
-
-
-def markdown(report: dict) -> str:
-    sizes = report["sizes"]
-    first, last = sizes[0], sizes[-1]
-    names = list(report["endpoints"][_label(first["runs"])])
-    lines = [
-        "## B4 — HTTP API under a production server",
-        "",
-        "The API under its production server on loopback, on the same 2-core machine as "
-        "PostgreSQL and Redis (and the load generator).",
-        "",
-        "```sh",
-        report["command"],
-        "```",
-        "",
-        f"Server, one per table size: `{report['server']['command']}` with "
-        + ", ".join(f"`{k}={v}`" for k, v in report["server"]["env"].items())
-        + ", `SECRET_KEY` and `PROMETHEUS_MULTIPROC_DIR` set; database connections: "
-        + report["server"]["database_connections"]
-        + ". Access log off; "
-        f"{report['server']['log_error_lines']} error lines in the servers' logs.",
-        "",
-        f"Data: runs arriving at a constant {report['rate_per_day']:,} a day going back in "
-        "time, so a bigger table is a longer history (10k runs: a day; 1M: 100 days) and the "
-        "metrics endpoint's 1 h and 24 h windows hold the same rows at every size; two "
-        "organizations share the table, interleaved in time: "
-        + ", ".join(f'"{slug}" {share:.0%}' for slug, share in report["tenants"].items())
-        + ' of the runs (the endpoints are called with "bench"\'s API key unless the '
-        "tenant is named); ~90% SUCCESS, ~8% FAILED, ~2% CANCELLED over the reference "
-        "agents' intents, 3 metric rows per run. Each size is its own database (a clone of "
-        "one migrated, seeded database), loaded from `generate_series` in one statement per "
-        f"batch of {LOAD_BATCH:,} runs, with the "
-        f"{sizes[0]['load']['indexes_rebuilt']} secondary indexes dropped and rebuilt "
-        "afterwards from their own definitions, then `VACUUM ANALYZE`.",
-        "",
-        "### Bulk load",
-        "",
-        "| runs | insert s | index build s | total s (with VACUUM ANALYZE) | agent_runs MB "
-        "| agent_run_metrics MB |",
-        "| ---: | ---: | ---: | ---: | ---: | ---: |",
-    ]
-    for entry in sizes:
-        load = entry["load"]
-        lines.append(
-            f"| {load['runs_in_table']:,} | {load['insert_s']} | {load['index_build_s']} | "
-            f"{load['total_s']} | {load['agent_runs_bytes'] / 2**20:.0f} | "
-            f"{load['agent_run_metrics_bytes'] / 2**20:.0f} |"
-        )
-    lines += [
-        "",
-        f"### Read endpoints: {report['rounds']} alternating rounds over the sizes, "
-        f"{report['per_round']} sequential requests per endpoint per round (one keep-alive "
-        f"connection, one request in flight, the endpoints interleaved) after "
-        f"{report['warmup']} warm-up",
-        "",
-        "| endpoint | runs | p50 ms | p95 ms | p99 ms | p95 of the rounds: median (min-max) "
-        "| SQL statements | SQL execution ms | in-process p50 ms |",
-        "| --- | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: |",
-    ]
-    for name in names:
-        for entry in sizes:
-            pooled = entry["get"][name]
-            rounds = entry["round_p95_ms"][name]
-            statements = entry["statements"][name]
-            sql_ms = sum(q.get("execution_ms") or 0 for q in statements)
-            lines.append(
-                f"| {name} | {entry['runs']:,} | {pooled['p50_ms']} | {pooled['p95_ms']} | "
-                f"{pooled['p99_ms']} | {statistics.median(rounds):.1f} ({min(rounds):.1f}-"
-                f"{max(rounds):.1f}) | {len(statements)} | {sql_ms:.2f} | "
-                f"{entry['in_process'][name]['p50_ms']} |"
-            )
-    lines += [
-        "",
-        "SQL execution ms: the sum of EXPLAIN ANALYZE's execution times of the statements "
-        "of one request. In-process: the same request through Django's test client in one "
-        "process with a persistent connection, no server "
-        f"({IN_PROCESS_REQUESTS} requests). The list's rows are built directly "
-        "(`RunListSerializer.to_representation`, equal to DRF's output by test): one 50-run "
-        f"page costs {last['serialization']['direct_ms']} ms that way against "
-        f"{last['serialization']['drf_generic_ms']} ms through DRF's field-by-field path "
-        "(median of 20, in-process). For scale: opening a new PostgreSQL connection "
-        f"costs {report['postgres_connect']['p50_ms']} ms p50, "
-        f"{report['postgres_connect']['p95_ms']} ms p95 here.",
-    ]
-    lines += [
-        "",
-        f"### Targets: p95 at most {TARGET_P95_MS:.0f} ms at {_label(last['runs'])} runs and "
-        f"at most {TARGET_RATIO}x the {_label(first['runs'])} figure",
-        "",
-        f"| endpoint | p95 at {_label(last['runs'])} | p95 at {_label(first['runs'])} | "
-        f"{_label(last['runs'])} / {_label(first['runs'])} | p95 target | ratio target |",
-        "| --- | ---: | ---: | ---: | --- | --- |",
-    ]
-    for name in TARGETED:
-        verdict = report["targets"][name]
-        lines.append(
-            f"| {name} | {verdict['p95_ms_at_largest']} | {verdict['p95_ms_at_smallest']} | "
-            f"{verdict['ratio']:.2f}x | {verdict['p95_verdict']} | {verdict['ratio_verdict']} |"
-        )
-    lines += ["", f"What bounds these requests at {last['runs']:,} runs:", ""]
-    for name in names:
-        sql_ms = sum(q.get("execution_ms") or 0 for q in last["statements"][name])
-        server_p50 = last["get"][name]["p50_ms"]
-        if not last["statements"][name]:
-            lines.append(
-                f"- {name}: {server_p50} ms p50 through the server, "
-                f"{last['in_process'][name]['p50_ms']} ms in-process: the server's own share "
-                "of every request (uvicorn, the ASGI handler and its thread, the middleware)."
-            )
-            continue
-        lines.append(
-            f"- {name}: SQL {sql_ms:.2f} ms ({sql_ms / server_p50:.0%} of the p50 of "
-            f"{server_p50} ms), in-process {last['in_process'][name]['p50_ms']} ms; "
-            f"{plan_summary(last['statements'][name])}."
-        )
-    lines += [
-        "",
-        "The rest of a request is the same at every size: Django and DRF (the in-process "
-        "column), the server's own work (uvicorn, a thread per request, getting a database "
-        f"connection: {report['server']['database_connections']}) and the noise of a machine "
-        "shared with PostgreSQL and the other processes. No statement counts the table; the "
-        "list is one range of an index in the "
-        "cursor pagination's order (`run_org_created_id_idx`: organization, created_at "
-        "DESC, id DESC; for the 99% tenant the planner may equally walk `run_created_idx`, "
-        "since nearly every row is that tenant's); the metrics read the 1 h and 24 h windows "
-        "through indexes (an index-only count for the 24 h figure), so their cost follows "
-        "the runs in those windows, not the table's size.",
-        "",
-    ]
-    for name in names:
-        if not any("agent_runs" in query["sql"] for query in last["statements"][name]):
-            continue
-        lines += [f"{name} at {last['runs']:,} runs, EXPLAIN (ANALYZE, BUFFERS):", "", "```"]
-        for query in last["statements"][name]:
-            if "agent_runs" not in query["sql"]:
-                continue
-            lines.append(_sql_head(query["sql"]))
-            for plan_line in query.get("plan", []):
-                if not plan_line.strip().startswith(("Planning:", "Output")):
-                    lines.append("    " + plan_line)
-        lines += ["```", ""]
-    post = report["post"]
-    lines += [
-        f"### POST /api/orchestrate (sync, ContentAgent `summarize`) at {post['runs']:,} runs",
-        "",
-        "Keep-alive connections from an asyncio HTTP/1.1 client in the benchmark's process, "
-        f"each load bounded at its request count or {post['max_seconds']} s, after "
-        f"{post['warmup']} warm-up requests; every answer checked for HTTP 200 and "
-        '`"success": true`. One connection: the latency of a request alone; more: the '
-        "throughput of the 2 server processes, with queueing in the latency.",
-        "",
-        "| connections | requests | req/s | p50 ms | p95 ms | p99 ms | max ms | failures | "
-        "generator CPU µs/request | generator CPU, share of one core |",
-        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: |",
-    ]
-    for load in post["loads"]:
-        lines.append(
-            f"| {load['concurrency']} | {load['requests']} | {load['req_per_s']} | "
-            f"{load['latency']['p50_ms']} | {load['latency']['p95_ms']} | "
-            f"{load['latency']['p99_ms']} | {load['latency']['max_ms']} | "
-            f"{load['failures'] or 'none'} | {load['generator_cpu_us_per_request']} | "
-            f"{load['generator_cpu_share_of_one_core']} |"
-        )
-    lines += [
-        "",
-        "The generator shares the 2 cores with the server, PostgreSQL and Redis; its own CPU "
-        "is measured (last two columns), so what it takes from the server is known rather "
-        "than assumed.",
-        "",
-    ]
-    return "\n".join(lines)
-
-
 # --- main ------------------------------------------------------------------------------------
 
 
@@ -849,7 +647,10 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     sizes = sorted(int(s) for s in args.sizes.split(","))
     base = args.db
-    size_dbs = {size: _db_named(base, f"{_db_name(base)}_{_label(size).lower()}") for size in sizes}
+    size_dbs = {
+        size: _db_named(base, f"{_db_name(base)}_{http_report.size_label(size).lower()}")
+        for size in sizes
+    }
     database_create(base)
     seeded = migrate_and_seed(base, args.redis)
     for db_url in size_dbs.values():
@@ -883,8 +684,10 @@ def main(argv: list[str] | None = None) -> int:
         "rounds": args.rounds,
         "per_round": args.per_round,
         "warmup": args.warmup,
+        "load_batch": LOAD_BATCH,
+        "in_process_requests": IN_PROCESS_REQUESTS,
         "endpoints": {
-            _label(size): {name: path for name, (path, _) in targets.items()}
+            http_report.size_label(size): {name: path for name, (path, _) in targets.items()}
             for size, targets in endpoints.items()
         },
         "tenants": {slug: tenant["share"] for slug, tenant in seeded.items()},
@@ -898,7 +701,9 @@ def main(argv: list[str] | None = None) -> int:
     report["postgres_connect"] = connect_cost(size_dbs[sizes[0]])
     workdir = Path(tempfile.mkdtemp(prefix="bench-http-"))
     servers = {
-        size: Server(db_url, args.redis, workers=args.workers, workdir=workdir / _label(size))
+        size: Server(
+            db_url, args.redis, workers=args.workers, workdir=workdir / http_report.size_label(size)
+        )
         for size, db_url in size_dbs.items()
     }
     error_lines = 0
@@ -930,29 +735,7 @@ def main(argv: list[str] | None = None) -> int:
             for name in names:
                 print(f"[{size:>9,}] {name}: {entry['get'][name]}", flush=True)
 
-        report["targets"] = {}
-        smallest, largest = report["sizes"][0], report["sizes"][-1]
-        for name in TARGETED:
-            high = largest["get"][name]["p95_ms"]
-            low = smallest["get"][name]["p95_ms"]
-            ratio = high / low
-            report["targets"][name] = {
-                "p95_ms_at_largest": high,
-                "p95_ms_at_smallest": low,
-                "ratio": round(ratio, 3),
-                "p95_met": high <= TARGET_P95_MS,
-                "ratio_met": ratio <= TARGET_RATIO,
-                "p95_verdict": (
-                    f"met ({high:.1f} ≤ {TARGET_P95_MS:.0f})"
-                    if high <= TARGET_P95_MS
-                    else f"missed by {high - TARGET_P95_MS:.1f} ms"
-                ),
-                "ratio_verdict": (
-                    f"met ({ratio:.2f} ≤ {TARGET_RATIO})"
-                    if ratio <= TARGET_RATIO
-                    else f"missed by {ratio - TARGET_RATIO:.2f}x"
-                ),
-            }
+        report["targets"] = http_report.verdicts(report["sizes"])
 
         # POST against the largest table, the other servers stopped.
         for size in sizes[:-1]:
@@ -1002,7 +785,7 @@ def main(argv: list[str] | None = None) -> int:
     report["elapsed_s"] = round(time.perf_counter() - started, 1)
     args.output_dir.mkdir(parents=True, exist_ok=True)
     (args.output_dir / "http_api.json").write_text(json.dumps(report, indent=2) + "\n")
-    (args.output_dir / "http_api.md").write_text(markdown(report))
+    (args.output_dir / "http_api.md").write_text(http_report.markdown(report))
     print(json.dumps(report["targets"], indent=2))
     print(f"B4 done in {report['elapsed_s']} s; server logs under {workdir}")
     return 0

@@ -379,14 +379,14 @@ def main(argv: list[str] | None = None) -> int:
         }
         for each in reports
     ]
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(report, indent=2) + "\n")
-    command = (
+    report["command"] = (
         f".venv/bin/python -m bench.policies --url {args.url} --reps {args.reps} "
         f"--calls {args.calls}" + (f" --runs {args.runs}" if args.runs != 3 else "")
     )
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(report, indent=2) + "\n")
     markdown = args.output.with_suffix(".md")
-    markdown.write_text(render_markdown(report, command))
+    markdown.write_text(render_markdown(report, report["command"]))
     print(f"written to {args.output} and {markdown}")
     return 0
 

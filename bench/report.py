@@ -103,7 +103,9 @@ def header(db_url: str, redis_url: str) -> str:
             "is written by one benchmark module in `bench/`, which runs its baseline and our code "
             "in the same run, on the same machine, alternating, and keeps its raw figures in "
             "`bench/results/<name>.json`. Figures are measured, never estimated; tests never "
-            "assert wall-clock times. A section not run yet is listed as such.",
+            "assert wall-clock times, but `make test` checks that every section here is "
+            "rendered from the figures saved beside it (tests/bench/test_reports.py). A section "
+            "not run yet is listed as such.",
             "",
             "`make bench` runs, in order: `python -m bench.hotpath` (B1), "
             "`python -m bench.profile` (Profile), `python -m bench.async_runs` (B2, B3), "
