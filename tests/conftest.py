@@ -61,3 +61,12 @@ def fresh_live_configuration():
 def no_background_node(settings):
     """The test process is not a fleet node; worker processes started by tests are."""
     settings.NODE_AUTOREGISTER = False
+
+
+@pytest.fixture(autouse=True)
+def fresh_routing_hint(monkeypatch):
+    """Each test's first async run is routed as a new process routes it (in the INSERT's
+    statement), whatever an earlier test's runs did (dispatch.run_create_routed)."""
+    from orchestration.services import dispatch
+
+    monkeypatch.setattr(dispatch, "_node_bound_last", False)

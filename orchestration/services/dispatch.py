@@ -5,15 +5,23 @@ from __future__ import annotations
 import logging
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
+from django.utils import timezone
 from kombu.exceptions import OperationalError as BrokerUnavailable
 
 from orchestration import sending
-from orchestration.services.config import agent_policy_live
+from orchestration.services.config import agent_policy_live, config_current
 from orchestration.services.resolution import (
     agent_effective_config,
 )
-from orchestration.services.routing import PRIORITY_NORMAL, RouteDecision, route_select
+from orchestration.services.routing import (
+    PRIORITY_NORMAL,
+    RouteDecision,
+    nodes_from_rows,
+    nodes_routable_query,
+    route_select,
+)
+from runs import services as run_services
 from runs.choices import RunStatus
 from runs.models import AgentRun
 
@@ -32,6 +40,37 @@ def run_route(agent, *, priority: str = PRIORITY_NORMAL, nodes=None) -> RouteDec
         require_queue=True,
         nodes=nodes,
     )
+
+
+# Whether this process's last new async run went to a node's own queue (a fleet of nodes
+# consuming their queues): a hint for run_create_routed, never a decision.
+_node_bound_last = False
+
+
+def run_create_routed(**create) -> tuple[AgentRun, RouteDecision]:
+    """Insert a new async run (run_services.run_create's arguments) and route it (run_route):
+    (the run, where it goes), for run_enqueue(run, decision=...) to send.
+
+    A run bound to a node's own queue names that node on its row. Where this process's
+    last async run went to a node queue, the run is routed first and inserted naming its
+    node: two statements, one write. Otherwise (no node takes queued work, or not on
+    PostgreSQL) the routable nodes are read in the INSERT's own statement: one statement,
+    and when a node's queue does turn out to take the run, run_enqueue names the node with
+    one more. The same nodes and loads are read either way, so the decision is the same.
+    """
+    global _node_bound_last
+    agent = create["agent"]
+    if _node_bound_last or connection.vendor != "postgresql":
+        decision = run_route(agent)
+        if decision.node_bound:
+            create["node_id"] = decision.target_node.node_id
+        run = run_services.run_create(**create)
+    else:
+        query = nodes_routable_query(now=timezone.now(), document=config_current())
+        run, rows = run_services.run_create_reading(query, **create)
+        decision = run_route(agent, nodes=nodes_from_rows(rows))
+    _node_bound_last = decision.node_bound
+    return run, decision
 
 
 def run_enqueue(

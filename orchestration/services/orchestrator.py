@@ -14,8 +14,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from django.db import IntegrityError, connection, transaction
-from django.utils import timezone
+from django.db import IntegrityError, transaction
 
 from agents.principal import Principal
 from orchestration import bus
@@ -23,8 +22,8 @@ from orchestration.choices import EventType
 from orchestration.errors import OrchestrationError
 from orchestration.observability import metrics
 from orchestration.policies import policy_store
-from orchestration.services.config import agent_policy_live, config_current
-from orchestration.services.dispatch import run_enqueue, run_route
+from orchestration.services.config import agent_policy_live
+from orchestration.services.dispatch import run_create_routed, run_enqueue
 from orchestration.services.envelope import failure_envelope, run_envelope
 from orchestration.services.execution import run_execute, sync_claim
 from orchestration.services.resolution import (
@@ -33,7 +32,6 @@ from orchestration.services.resolution import (
     dataset_resolve,
     definitions_forget,
 )
-from orchestration.services.routing import nodes_from_rows, nodes_routable_query
 from runs import services as run_services
 from runs.choices import ACTIVE_RUN_STATES, RunMode
 from runs.models import AgentRun
@@ -200,27 +198,17 @@ def orchestrate(
         request_fingerprint=fingerprint,
     )
     circuit_permit = decision.circuit
-    decision = None
-    # Async on PostgreSQL: the routable nodes are read in the INSERT's own statement, then
-    # routed (a run bound to a node's own queue is then named by run_enqueue before the
-    # send). Elsewhere routed first, so the row is inserted naming its node.
-    fold_route = command.mode == RunMode.ASYNC and connection.vendor == "postgresql"
-    if command.mode == RunMode.ASYNC and not fold_route:
-        decision = run_route(agent)
-        if decision.node_bound:
-            create["node_id"] = decision.target_node.node_id
-    elif command.mode != RunMode.ASYNC:
+    route = None
+    if command.mode != RunMode.ASYNC:
         # Executed here and now: the row is inserted already claimed by this node.
         create.update(sync_claim())
 
     def insert():
-        nonlocal decision
-        if not fold_route:
-            return run_services.run_create(**create)
-        query = nodes_routable_query(now=timezone.now(), document=config_current())
-        run, rows = run_services.run_create_reading(query, **create)
-        decision = run_route(agent, nodes=nodes_from_rows(rows))
-        return run
+        nonlocal route
+        if command.mode == RunMode.ASYNC:
+            run, route = run_create_routed(**create)
+            return run
+        return run_services.run_create(**create)
 
     try:
         if transaction.get_connection().in_atomic_block:
@@ -228,11 +216,11 @@ def orchestrate(
             with transaction.atomic():
                 run = insert()
         else:
-            # One statement, committed on its own: no BEGIN / COMMIT round trips.
+            # Committed on its own: no BEGIN / COMMIT round trips.
             run = insert()
-        if decision is not None:
+        if route is not None:
             # Sent once the row is committed (at once outside a transaction).
-            run_enqueue(run, total_timeout_s=policy.total_timeout_s, decision=decision)
+            run_enqueue(run, total_timeout_s=policy.total_timeout_s, decision=route)
     except IntegrityError:
         # A concurrent request with the same Idempotency-Key inserted first.
         existing = AgentRun.objects.filter(

@@ -7,7 +7,8 @@ the caller's region come first; another region is a fallback, and the reason say
 Among candidates the one with the most headroom wins, ties going to the lowest node id
 so the choice is deterministic. Headroom is capacity minus load, and load is the larger
 of what the node's last heartbeat reported and the PENDING/RUNNING runs that name it
-(routed to it since), so a burst between two heartbeats spreads over the fleet.
+(routed to it since), so a burst between two heartbeats spreads over the fleet; those are
+counted up to the node's capacity, as a node holding that many has no headroom anyway.
 
 Priority: a share of every node's capacity (``routing.reserved_high_priority_share``)
 is kept for high-priority work, so a burst of normal work cannot starve it.
@@ -33,9 +34,9 @@ from orchestration.choices import ROUTABLE_NODE_STATES
 from orchestration.models import OrchestratorNode
 from orchestration.queues import default_queue, node_queue, region_queue
 from orchestration.services.config import config_current
-from runs.choices import RunStatus
+from runs.choices import ACTIVE_RUN_STATES, RunStatus
 from runs.models import AgentRun
-from runs.sql import fetch_instances, model_columns, row_instance
+from runs.sql import model_columns, prepared_cursor, row_instance
 
 PRIORITY_LOW = "low"
 PRIORITY_NORMAL = "normal"
@@ -105,10 +106,20 @@ def nodes_routable(*, now: datetime | None = None, document: dict | None = None)
 @functools.cache
 def _routable_sql() -> str:
     table = OrchestratorNode._meta.db_table
+    runs = AgentRun._meta.db_table
     states = ", ".join(["%s"] * len(ROUTABLE_NODE_STATES))
-    # Table and column names come from the model; values are parameters.
+    # The run states that load a node are written as literals, not parameters: the
+    # statement is prepared, and only a condition that is the partial index's own lets
+    # its generic plan read run_active_node_idx.
+    active = ", ".join(f"'{state.value}'" for state in sorted(ACTIVE_RUN_STATES))
+    # Table and column names come from the models; values are parameters.
     return (
-        f'SELECT {model_columns(OrchestratorNode)[0]} FROM "{table}"'  # noqa: S608
+        f"SELECT {model_columns(OrchestratorNode)[0]},"  # noqa: S608
+        # A node's runs in flight, counted up to its capacity (nodes_in_flight).
+        f' (SELECT count(*) FROM (SELECT 1 FROM "{runs}" r'
+        f' WHERE r."node_id" = "{table}"."node_id" AND r."status" IN ({active})'
+        f' LIMIT "{table}"."capacity") AS in_flight)'
+        f' FROM "{table}"'
         f' WHERE "{table}"."status" IN ({states}) AND "{table}"."last_heartbeat_at" >= %s'
         f' ORDER BY "{table}"."node_id"'
     )
@@ -116,23 +127,34 @@ def _routable_sql() -> str:
 
 def nodes_routable_list(*, now: datetime, document: dict) -> list[OrchestratorNode]:
     """nodes_routable() ordered by node id, as a list: the query every async submission
-    makes, written once instead of compiled by the ORM on every call."""
+    makes, written once instead of compiled by the ORM on every call. On PostgreSQL each
+    node comes with its runs in flight (``runs_in_flight``, see nodes_from_rows)."""
     if connection.vendor != "postgresql":
         return list(nodes_routable(now=now, document=document).order_by("node_id"))
-    return fetch_instances(OrchestratorNode, *nodes_routable_query(now=now, document=document))
+    with prepared_cursor() as cursor:
+        cursor.execute(*nodes_routable_query(now=now, document=document))
+        return nodes_from_rows(cursor.fetchall())
 
 
 def nodes_routable_query(*, now: datetime, document: dict | None = None) -> tuple[str, list]:
     """PostgreSQL: the SQL and parameters of nodes_routable_list() (its columns in
-    model_columns() order), for a caller that runs it within a statement of its own: the
-    async submission reads the nodes in its INSERT's statement (run_create_reading)."""
+    model_columns() order, then the node's runs in flight), for a caller that may run it
+    within a statement of its own: the async submission can read the nodes in its INSERT's
+    statement (run_create_reading)."""
     since = node_fresh_since(now=now, document=document)
     return _routable_sql(), [*ROUTABLE_NODE_STATES, since]
 
 
 def nodes_from_rows(rows) -> list[OrchestratorNode]:
-    """nodes_routable_query()'s rows as nodes."""
-    return [row_instance(OrchestratorNode, row) for row in rows]
+    """nodes_routable_query()'s rows as nodes, each with ``runs_in_flight``: the PENDING and
+    RUNNING runs that name it, counted up to its capacity (route_select needs no more: a
+    node with that many is saturated whatever the rest)."""
+    nodes = []
+    for row in rows:
+        node = row_instance(OrchestratorNode, row)
+        node.runs_in_flight = int(row[-1])
+        nodes.append(node)
+    return nodes
 
 
 def node_has_capability(node: OrchestratorNode, capability: str | None) -> bool:
@@ -152,14 +174,19 @@ def node_headroom(
     return usable - float(node.active_runs if load is None else load)
 
 
-def nodes_in_flight(node_ids: list[str]) -> dict[str, int]:
+def nodes_in_flight(nodes: list[OrchestratorNode]) -> dict[str, int]:
     """PENDING + RUNNING runs that name each node (run_active_node_idx, partial).
 
     A heartbeat reports a node's load every few seconds; a burst of requests between two
-    heartbeats would otherwise all see the same headroom and pile onto one node.
+    heartbeats would otherwise all see the same headroom and pile onto one node. Nodes read
+    with their count (nodes_from_rows: the routable nodes on PostgreSQL, in the same
+    statement, each counted up to its capacity, so a backlog of queued runs costs no more
+    than a full node) need no query; others are counted here, with the ORM.
     """
+    counted = {n.node_id: n.runs_in_flight for n in nodes if hasattr(n, "runs_in_flight")}
+    node_ids = [n.node_id for n in nodes if n.node_id not in counted]
     if not node_ids:
-        return {}
+        return counted
     rows = (
         AgentRun.objects.filter(
             node_id__in=node_ids, status__in=[RunStatus.PENDING, RunStatus.RUNNING]
@@ -168,7 +195,7 @@ def nodes_in_flight(node_ids: list[str]) -> dict[str, int]:
         .values("node_id")
         .annotate(count=Count("id"))
     )
-    return {row["node_id"]: row["count"] for row in rows}
+    return {**counted, **{row["node_id"]: row["count"] for row in rows}}
 
 
 def node_consumed_queue(node: OrchestratorNode) -> str | None:
@@ -274,7 +301,7 @@ def route_select(
             priority=level,
         )
 
-    in_flight = nodes_in_flight([n.node_id for n in live])
+    in_flight = nodes_in_flight(live)
 
     def with_headroom(nodes):
         scored = [

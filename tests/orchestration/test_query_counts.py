@@ -10,8 +10,10 @@ agents declaring the intent, each with its config rows aggregated).
 
 Async accept, 2, no transaction block either: key lookup, and the PENDING insert with the
 routing read of the nodes in the same statement (the task is sent once it is committed,
-i.e. at once; a run routed to a node's own queue is named by one more UPDATE before the
-send); 1 more after a definition changed. Async execution, 2: the claim, which returns the
+i.e. at once); 1 more after a definition changed. With a fleet whose nodes consume their
+own queues, 3: key lookup, the routing read (the nodes with their runs in flight), and the
+insert naming the node (a process's first such run: the insert reading the nodes, then
+an UPDATE naming the node -- 3 as well). Async execution, 2: the claim, which returns the
 claimed run with its agent, the agent's config rows and its organization (one UPDATE ...
 RETURNING), and the finish.
 
@@ -25,6 +27,8 @@ import pytest
 import redis
 
 from agents.models import Agent
+from orchestration.models import OrchestratorNode
+from orchestration.queues import node_queue
 from orchestration.tasks import execute_run
 from runs.models import AgentRun
 from tests.orchestration.workers import private_queue
@@ -33,6 +37,7 @@ pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("redis_policies")]
 
 SYNC_RUN_QUERIES = 3
 ASYNC_ACCEPT_QUERIES = 2
+ASYNC_ACCEPT_NODE_QUERIES = 3  # runs routed to a node's own queue
 ASYNC_EXECUTE_QUERIES = 2
 RESOLUTION_QUERIES = 1  # after a definition changed
 
@@ -80,3 +85,23 @@ def test_one_async_run(warm, settings, django_assert_num_queries):
         assert AgentRun.objects.get(pk=run_id).status == "SUCCESS"
     finally:
         redis.Redis.from_url(settings.CELERY_BROKER_URL).delete(settings.RUN_DEFAULT_QUEUE)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_one_async_run_to_a_node_queue(warm, settings, django_assert_num_queries):
+    node = OrchestratorNode.objects.create(
+        node_id="counted-node",
+        capacity=100,
+        capabilities=["test-sleep"],
+        metadata={"queues": [node_queue("counted-node")]},
+    )
+    try:
+        for _ in range(2):  # a process's first such run, then the next ones
+            with django_assert_num_queries(ASYNC_ACCEPT_NODE_QUERIES):
+                response = warm.client.post(
+                    "/api/orchestrate", {"intent": "nap", "mode": "async"}, format="json"
+                )
+            assert response.status_code == 202
+            assert AgentRun.objects.get(pk=response.json()["runId"]).node_id == node.node_id
+    finally:
+        redis.Redis.from_url(settings.CELERY_BROKER_URL).delete(node_queue(node.node_id))

@@ -6,6 +6,8 @@ import time
 from datetime import timedelta
 
 import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from orchestration import sending
@@ -13,10 +15,12 @@ from orchestration.choices import NodeStatus
 from orchestration.models import OrchestratorConfigRevision, OrchestratorNode
 from orchestration.queues import default_queue, node_queue, region_queue
 from orchestration.services import dispatch
-from orchestration.services.config import config_cache_clear
+from orchestration.services.config import config_cache_clear, config_current
 from orchestration.services.routing import (
     DEFAULT_LATENCY_MS,
     InvalidPriority,
+    nodes_in_flight,
+    nodes_routable_list,
     priority_class,
     route_select,
 )
@@ -257,6 +261,76 @@ def test_async_run_falls_back_to_the_default_queue(
         dispatch.run_enqueue(run, total_timeout_s=30)
     assert sent[0][1]["queue"] == default_queue()
     assert AgentRun.objects.get(pk=run.pk).node_id == ""
+
+
+def test_routing_read_counts_runs_in_flight_up_to_each_nodes_capacity(settings):
+    full = make_node("eu-full", capacity=2)
+    busy = make_node("eu-busy", capacity=4)
+    make_node("eu-idle", capacity=4)
+    agent = AgentFactory()
+    for _ in range(5):  # more queued than it can take
+        RunFactory(agent=agent, status=RunStatus.PENDING, node_id=full.node_id)
+    RunFactory(agent=agent, status=RunStatus.RUNNING, node_id=busy.node_id)
+    RunFactory(agent=agent, status=RunStatus.SUCCESS, node_id=busy.node_id)  # ended: no load
+    RunFactory(agent=agent, status=RunStatus.PENDING, node_id="")  # the default queue's
+    nodes = nodes_routable_list(now=timezone.now(), document=config_current())
+    assert {n.node_id: n.runs_in_flight for n in nodes} == {
+        "eu-busy": 1,
+        "eu-full": 2,
+        "eu-idle": 0,
+    }
+    # The capped counts decide as the full ones: the same route as the ORM's count.
+    unread = list(OrchestratorNode.objects.order_by("node_id"))
+    assert nodes_in_flight(unread) == {"eu-busy": 1, "eu-full": 5}  # none: not listed
+    for level in ("normal", "high"):
+        read = route_select(source_region="eu", priority=level, nodes=nodes)
+        counted = route_select(source_region="eu", priority=level, nodes=unread)
+        assert (read.target_node.node_id, read.headroom, read.considered) == (
+            counted.target_node.node_id,
+            counted.headroom,
+            counted.considered,
+        )
+        assert read.target_node.node_id == "eu-idle"
+        assert "eu-full" not in read.considered
+
+
+@pytest.mark.django_db(transaction=True)
+def test_new_async_runs_name_their_node_however_they_were_routed(
+    settings, sent, tenant_a, make_agent
+):
+    """The first async run of a process is routed in its INSERT's statement, then named by
+    an UPDATE; the next ones, the fleet known, are routed first and inserted naming it."""
+    settings.ORCHESTRATOR_REGION = "eu"
+    make_agent("Sleeper", "test-sleep", intents=["nap"])
+    node = make_node("eu-1", capacity=100)
+
+    def submit():
+        response = tenant_a.client.post(
+            "/api/orchestrate", {"intent": "nap", "mode": "async"}, format="json"
+        )
+        assert response.status_code == 202, response.json()
+        return AgentRun.objects.get(pk=response.json()["runId"])
+
+    with CaptureQueriesContext(connection) as captured:
+        first = submit()
+    writes = [q["sql"].split()[:3] for q in captured.captured_queries if "agent_runs" in q["sql"]]
+    assert [w[0] for w in writes[:2]] == ["WITH", "UPDATE"]  # INSERT reading the nodes, UPDATE
+    assert dispatch._node_bound_last is True
+    with CaptureQueriesContext(connection) as captured:
+        second = submit()
+    statements = [q["sql"] for q in captured.captured_queries]
+    routed = next(i for i, sql in enumerate(statements) if '"orchestrator_nodes"' in sql)
+    assert statements[routed + 1].startswith('INSERT INTO "agent_runs"')
+    assert not any(sql.startswith("UPDATE") for sql in statements)
+    assert first.node_id == second.node_id == "eu-1"
+    assert [options["queue"] for _, options in sent] == ["node.eu-1", "node.eu-1"]
+
+    # The fleet gone, the next run goes to the default queue and the hint with it.
+    node.delete()
+    third = submit()
+    assert third.node_id == ""
+    assert sent[-1][1]["queue"] == default_queue()
+    assert dispatch._node_bound_last is False
 
 
 # --- API ---------------------------------------------------------------------------------
