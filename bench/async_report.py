@@ -26,9 +26,11 @@ def _b2_bounds(report: dict) -> list[str]:
         "",
         "What bounds ours: every submission of ours writes the run before it is queued "
         "(resolution from the process's definitions, a rate-limit decision in Redis "
-        "pipelined with the GET of the definitions' version, the PENDING INSERT with the "
-        "routing read in its statement, committed to disk, then the message's LPUSH: "
-        "`orchestration.sending`) where plain Celery's is the LPUSH alone, so the one "
+        "pipelined with the GET of the definitions' version, the PENDING INSERT and the "
+        "routing read of the nodes with their runs in flight -- one statement, or the read "
+        "first and the INSERT naming the node when the runs go to its queue --, committed "
+        "to disk, then the message's LPUSH: `orchestration.sending`) where plain Celery's "
+        "is the LPUSH alone, so the one "
         f"submitting process sends {ours['submit_per_s']['median']:,.0f} submissions/s "
         f"against {reuse['submit_per_s']['median']:,.0f}. And every execution of ours claims "
         "the run and reads it in one statement, runs the handler under its circuit on a "
@@ -239,6 +241,21 @@ def _writes_lines(b2r: dict) -> list[str]:
     ]
 
 
+def _node_queue_note(share: float | dict | None) -> str:
+    """The measured share of our runs sent to the worker's node queue: B3's, or B2's summary
+    of its repetitions (the median is given); None: figures saved before it was measured."""
+    if isinstance(share, dict):
+        share = share["median"]
+    if share is None:
+        return ""
+    if share == 1:
+        return "; all of our measured runs went there"
+    return (
+        f"; {share:.0%} of our measured runs went there, the others, the node then full,"
+        " to the default queue, which it consumes too"
+    )
+
+
 def markdown(report: dict) -> str:
     b2r, b3r = report["b2"], report["b3"]
     ours = b2r["ours"]["runs_per_s"]["median"]
@@ -250,7 +267,11 @@ def markdown(report: dict) -> str:
         f"Command: `{report['command']}`. {report['b2_runs']:,} no-op runs per repetition, "
         f"{report['reps']} repetitions alternating, one worker with "
         f"{report['worker_processes']} prefork processes, Redis broker, timed from the first "
-        "submission (from this process, one after the other) to the last completion. Each "
+        "submission (from this process, one after the other) to the last completion. Our "
+        "worker runs as deployed by default: a fleet node (registered, heartbeating) "
+        "consuming its own node queue, to which the runs are routed"
+        + _node_queue_note(b2r["ours"].get("node_queue_share"))
+        + ". Each "
         "variant, and B3 below, starts from vacuumed tables (`VACUUM ANALYZE` of what the "
         "variants write, then `CHECKPOINT`), as autovacuum would leave them: the server's own "
         "autovacuum setting is in the header.",
@@ -292,7 +313,9 @@ def markdown(report: dict) -> str:
         f"Command: `{report['command']}`. Sequential runs, alternating run by run; ours waits "
         "with `runs.services.run_wait()`, given the run `orchestrate()` returned (woken by "
         "the completion signal pushed over Redis after commit, which carries the ended row: "
-        "no read).",
+        "no read). Our worker is a fleet node, as in B2"
+        + _node_queue_note(b3r["ours"].get("node_queue_share"))
+        + ".",
         "",
         "| variant | runs | p50 ms | p99 ms | min ms | max ms |",
         "| --- | --- | --- | --- | --- | --- |",
@@ -328,9 +351,9 @@ def markdown(report: dict) -> str:
         ]
     lines += [
         "",
-        "Ours is a chain of blocking steps on the critical path: the submission (one SQL "
-        "statement -- the INSERT with the routing read, committed to disk --, 1 EVALSHA "
-        "pipelined with the GET of the definitions' version, the LPUSH), the worker's claim "
+        "Ours is a chain of blocking steps on the critical path: the submission (1 EVALSHA "
+        "pipelined with the GET of the definitions' version, the routing read, the INSERT "
+        "naming the node, committed to disk, the LPUSH), the worker's claim "
         "(one statement "
         "returning the run, its agent and config, committed without waiting for the disk), "
         "the circuit decision (a worker process that found the circuit steady reuses that "
@@ -350,8 +373,9 @@ def markdown(report: dict) -> str:
             "What one hop costs on this machine during this run (p50 of 2,000 bare round trips "
             "from the caller's process, just before the measured runs and just after): a Redis "
             f"PING {ping[0]:.0f} and {ping[1]:.0f} µs, a PostgreSQL `SELECT 1` "
-            f"{select[0]:.0f} and {select[1]:.0f} µs. Our critical path waits on about ten "
-            "such hops in series (the EVALSHA, the INSERT, the LPUSH, the worker's wake-up "
+            f"{select[0]:.0f} and {select[1]:.0f} µs. Our critical path waits on about eleven "
+            "such hops in series (the EVALSHA, the routing read, the INSERT, the LPUSH, the "
+            "worker's wake-up "
             "and its hand-over to a pool process, the claim, the finish, the completion push, "
             "the waiter's wake-up) and two commits to disk; the baseline's on about four and "
             "one commit, plus its polling: `get()` looks once at once, before the no-op can "

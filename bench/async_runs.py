@@ -42,6 +42,8 @@ Database and Redis as bench.hotpath (BENCH_DATABASE_URL, REDIS_URL).
 from __future__ import annotations
 
 import argparse
+import collections
+import contextlib
 import functools
 import json
 import os
@@ -64,6 +66,7 @@ RESULTS = Path(__file__).with_name("results")
 PREFECT_VENV = ROOT / "var" / "bench-prefect"
 PREFECT_SPEC = "prefect>=3,<4"
 WORKER_PROCESSES = 2
+OURS_NODE = "bench-ours"  # the node id of our worker
 
 
 # --- worker processes ---------------------------------------------------------------------
@@ -165,15 +168,22 @@ def _worker_env(db_url: str, redis_url: str, **extra: str) -> dict:
 def _ours_worker(db_url: str, redis_url: str, queue: str) -> Worker:
     from django.conf import settings
 
-    # This process routes its runs there (no node of the bench is bound to a queue).
+    # Where this process's runs would go without a routable node.
     settings.RUN_DEFAULT_QUEUE = queue
     # The project's defaults: connection reuse on (settings.CELERY_DB_REUSE_MAX), the
-    # worker registered as a node with its heartbeat.
+    # worker registered as a node with its heartbeat (NODE_AUTOREGISTER, which this process
+    # turns off for itself), consuming its own node queue, to which the runs are routed.
     return Worker(
         "config",
         f"bench-ours-{queue[-6:]}",
         queue,
-        _worker_env(db_url, redis_url, RUN_DEFAULT_QUEUE=queue, ORCHESTRATOR_NODE_ID="bench-ours"),
+        _worker_env(
+            db_url,
+            redis_url,
+            RUN_DEFAULT_QUEUE=queue,
+            ORCHESTRATOR_NODE_ID=OURS_NODE,
+            NODE_AUTOREGISTER="true",
+        ),
     )
 
 
@@ -497,10 +507,11 @@ def b2(args, principal, agent) -> dict:
                 throughput(20)
                 if name == "ours":
                     updates_before = _run_updates_settled(args.db)
-                figures = _with_cpu(
-                    functools.partial(throughput, args.runs), args.runs, worker, args.db
-                )
-                figures["drain"] = _drain(worker, args.runs, submit, completed, timeout)
+                with _queues_sent() as sent:
+                    figures = _with_cpu(
+                        functools.partial(throughput, args.runs), args.runs, worker, args.db
+                    )
+                    figures["drain"] = _drain(worker, args.runs, submit, completed, timeout)
             finally:
                 worker.stop()
             if name == "ours":
@@ -513,9 +524,38 @@ def b2(args, principal, agent) -> dict:
                     "hot_share": (hot - updates_before[1]) / updated if updated else 0.0,
                     "indexes": indexes,
                 }
+                figures["node_queue_share"] = _node_queue_share(sent)
             variants[name].append(figures)
             print(f"B2 rep {rep + 1} {name}: {figures['runs_per_s']:.1f} runs/s", flush=True)
     return variants
+
+
+@contextlib.contextmanager
+def _queues_sent():
+    """Counts, by queue, the execute_run messages this process sends meanwhile (the
+    messages of our runs; the raw variants' tasks are sent by Celery itself)."""
+    from orchestration import sending
+
+    send, counts = sending.execute_run_send, collections.Counter()
+
+    def counted(run_id, *, queue, **options):
+        counts[queue] += 1
+        return send(run_id, queue=queue, **options)
+
+    sending.execute_run_send = counted
+    try:
+        yield counts
+    finally:
+        sending.execute_run_send = send
+
+
+def _node_queue_share(sent: collections.Counter) -> float:
+    """The share of our runs sent to the worker's own node queue: routed to it as a fleet
+    node with headroom (otherwise to the default queue, which the worker consumes too)."""
+    from orchestration.queues import node_queue
+
+    total = sum(sent.values())
+    return sent[node_queue(OURS_NODE)] / total if total else 0.0
 
 
 # --- B3 -----------------------------------------------------------------------------------
@@ -604,17 +644,19 @@ def b3(args, principal) -> dict:
             raw(0.005)
         instants.clear()
         trips_before = _round_trips(args.redis)
-        for i in range(args.latency_runs):
-            samples["ours"].append(ours())
-            samples["raw_get_5ms"].append(raw(0.005))
-            if i < args.default_get_runs:
-                samples["raw_get_default"].append(raw(None))
+        with _queues_sent() as sent:
+            for i in range(args.latency_runs):
+                samples["ours"].append(ours())
+                samples["raw_get_5ms"].append(raw(0.005))
+                if i < args.default_get_runs:
+                    samples["raw_get_default"].append(raw(None))
         trips_after = _round_trips(args.redis)
     finally:
         for worker in workers:
             worker.stop()
     report = {name: _latency_summary(values) for name, values in samples.items() if values}
     report["ours"]["breakdown_ms"] = _breakdown(instants)
+    report["ours"]["node_queue_share"] = _node_queue_share(sent)
     report["round_trips_us"] = {
         name: [trips_before[name], trips_after[name]] for name in trips_before
     }
