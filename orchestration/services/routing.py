@@ -118,7 +118,7 @@ def _routable_sql() -> str:
         # A node's runs in flight, counted up to its capacity (nodes_in_flight).
         f' (SELECT count(*) FROM (SELECT 1 FROM "{runs}" r'
         f' WHERE r."node_id" = "{table}"."node_id" AND r."status" IN ({active})'
-        f' LIMIT "{table}"."capacity") AS in_flight)'
+        f' LIMIT "{table}"."capacity") AS counted) AS in_flight'
         f' FROM "{table}"'
         f' WHERE "{table}"."status" IN ({states}) AND "{table}"."last_heartbeat_at" >= %s'
         f' ORDER BY "{table}"."node_id"'
