@@ -8,7 +8,10 @@ Celery worker with 2 prefork processes (Redis broker), timed from the first subm
 the last completion, runs/s:
 - ours: orchestrate(mode=async) (resolution, rate limit, PENDING row, routing, enqueue on
   commit), the worker's execute_run (claim, circuit, the handler recording 3 metrics and
-  1 tool execution, the one-statement finish with its run.succeeded event);
+  1 tool execution, the one-statement finish with its run.succeeded event); the worker is a
+  fleet node, as by default, so runs go to its own node queue while it has headroom and to
+  the default queue (which it consumes too) otherwise -- the share sent to its node queue
+  is measured (node_queue_share);
 - raw Celery + django-celery-results, a no-op task whose result row Celery stores, with
   Celery's default (the worker closes its database connection around every task) and with
   connection reuse (CELERY_DB_REUSE_MAX);
